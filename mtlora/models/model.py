@@ -1,0 +1,104 @@
+"""MultiTaskModel: Swin encoder with adapters + per-task fusion and heads (pure nn.Module)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+
+from torch import Tensor, nn
+
+from mtlora.models.decoders import MultiTaskDecoder
+from mtlora.models.plans import AdapterConfig, PlanReport, apply_plan
+from mtlora.models.swin import SWIN_SIZES, SwinConfig, SwinEncoder
+from mtlora.tasks import validate_tasks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EncoderConfig:
+    """Swin encoder options.
+
+    Args:
+        arch: ``swin_tiny``, ``swin_small`` or ``swin_base`` (Microsoft V1 sizes); the fields
+            below override its defaults (tests use tiny custom sizes).
+        img_size: square input size; every stage grid must divide by the window.
+        window_size: attention window (7 for the released weights).
+        drop_path_rate: stochastic depth, linear over all blocks (official 0.2).
+        pretrained: ImageNet weights: a Microsoft release ``.pth`` (key ``model``), a timm
+            ``.pth``/``.safetensors`` file, or ``timm:<model name>`` (downloaded by timm).
+            None: random init.
+        gradient_checkpointing: recompute block activations in backward (saves memory).
+    """
+
+    arch: str = "swin_tiny"
+    img_size: int = 448
+    window_size: int = 7
+    drop_path_rate: float = 0.2
+    embed_dim: int | None = None
+    depths: list[int] | None = None
+    num_heads: list[int] | None = None
+    pretrained: str | None = None
+    gradient_checkpointing: bool = False
+
+    def swin_config(self) -> SwinConfig:
+        if self.arch not in SWIN_SIZES:
+            raise ValueError(f"encoder.arch: unknown {self.arch!r}; choose one of {list(SWIN_SIZES)}")
+        overrides = dict(embed_dim=self.embed_dim, depths=tuple(self.depths) if self.depths else None,
+                         num_heads=tuple(self.num_heads) if self.num_heads else None)
+        return SwinConfig.named(self.arch, img_size=self.img_size, window_size=self.window_size,
+                                drop_path_rate=self.drop_path_rate,
+                                gradient_checkpointing=self.gradient_checkpointing, **overrides)
+
+
+@dataclass
+class DecoderConfig:
+    """Decoder options: per-stage fusion widths (official: HRNet-W18 widths)."""
+
+    channels: list[int] = field(default_factory=lambda: [18, 36, 72, 144])
+
+
+class MultiTaskModel(nn.Module):
+    """``forward(image) -> {task: logits (B, C_t, H, W)}`` for every task in ``task_channels``."""
+
+    def __init__(self, task_channels: dict[str, int], encoder: EncoderConfig | None = None,
+                 adapter: AdapterConfig | None = None, decoder: DecoderConfig | None = None) -> None:
+        super().__init__()
+        self.tasks = validate_tasks(list(task_channels), "task_channels")
+        self.encoder_config = encoder or EncoderConfig()
+        self.adapter_config = adapter or AdapterConfig()
+        self.decoder_config = decoder or DecoderConfig()
+        self.backbone = SwinEncoder(self.encoder_config.swin_config())
+        if self.encoder_config.pretrained:
+            from mtlora.models.checkpoints import load_pretrained_backbone
+
+            load_pretrained_backbone(self.backbone, self.encoder_config.pretrained)
+        self.plan: PlanReport = apply_plan(self.backbone, self.adapter_config, self.tasks)
+        self.decoder = MultiTaskDecoder(task_channels, self.backbone.out_channels, self.decoder_config.channels)
+
+    def forward(self, image: Tensor) -> dict[str, Tensor]:
+        features = self.backbone(image)
+        return self.decoder(features, self.plan.stage_task_streams, tuple(image.shape[-2:]))
+
+    def config_dict(self) -> dict:
+        """Primitive description of the architecture (stored with checkpoints and exports)."""
+        return {
+            "task_channels": {t: h.last_layer[-1].out_channels for t, h in self.decoder.heads.items()},
+            "encoder": asdict(self.encoder_config),
+            "adapter": asdict(self.adapter_config),
+            "decoder": asdict(self.decoder_config),
+        }
+
+
+def parameter_counts(model: MultiTaskModel) -> dict[str, int]:
+    """Total and trainable parameters, split into encoder and decoder."""
+    def count(module: nn.Module, trainable: bool) -> int:
+        return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
+
+    return {
+        "total": count(model, False),
+        "trainable": count(model, True),
+        "encoder_total": count(model.backbone, False),
+        "encoder_trainable": count(model.backbone, True),
+        "decoder_trainable": count(model.decoder, True),
+    }

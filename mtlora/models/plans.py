@@ -1,0 +1,254 @@
+"""Adapter plans: which blocks share which low-rank paths, and what is trained.
+
+A plan assigns every Swin block a kind (``shared`` / ``branch`` / ``streams``, see
+:mod:`mtlora.models.swin`) and the names of its low-rank paths, then injects
+:class:`~mtlora.models.lora.MultiPathLoRALinear` layers by module name and sets
+``requires_grad`` by the trainable-set rules.  MTLoRA, MTLoRA+, task-agnostic LoRA and the
+progressive task-specific scheme are all plans over the same encoder.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from torch import nn
+
+from mtlora.models.lora import LoRASpec, SharedMode, inject_lora
+from mtlora.models.swin import BlockKind, SwinEncoder
+
+log = logging.getLogger(__name__)
+
+Method = Literal["mtlora", "full", "decoders", "progressive"]
+LINEAR_TARGETS = ("qkv", "proj", "fc1", "fc2")
+
+
+@dataclass
+class AdapterConfig:
+    """How the encoder is adapted.
+
+    Args:
+        method: ``mtlora`` (TA-LoRA everywhere + TS-LoRA in the last block of every stage),
+            ``full`` (full fine-tuning, no adapters), ``decoders`` (frozen encoder, train only the
+            decoders), ``progressive`` (shared -> task groups -> tasks, see ``groups``).
+        shared_rank: rank of the task-agnostic path, one value or one per stage.
+        task_rank: rank of the task-specific paths (None: equal to ``shared_rank``, as the
+            official MTLoRA+ r4/r8/r16 configs).
+        shared_scale: raw multiplier of the shared path (not alpha/r), per stage or one value.
+        task_scale: multiplier of the task paths (None: equal to ``shared_scale``; the official
+            code never reads its TASK_SCALE option).
+        dropout: dropout on the low-rank input, per stage or one value.
+        shared_mode: how task outputs combine with the shared path (reference §1.1).
+        targets: linear layers that get adapters.
+        task_targets: layers that get task-specific paths in task-specific blocks.
+        patch_merging: MTLoRA+: low-rank (shared) adapter on the patch-merging reductions,
+            whose dense weights are then frozen.
+        groups: ``progressive`` only: per stage, the task partition used from the stage's
+            ``split_block`` on; ``"shared"``, ``"tasks"`` or a list of task lists.
+        split_block: ``progressive`` only: per stage, first block that uses the stage's groups
+            (earlier blocks of the stage keep the previous partition); None = block 0.
+        train_patch_embed / train_norms / train_relative_position_bias: unfreeze those
+            backbone parameters (official MTLoRA: all True).
+        train_patch_merging: unfreeze the dense patch-merging reductions (None: True unless
+            ``patch_merging``; official behaviour).
+        train_biases: also unfreeze every bias in the backbone (BitFit-style).
+    """
+
+    method: Method = "mtlora"
+    shared_rank: int | list[int] = 16
+    task_rank: int | list[int] | None = 4
+    shared_scale: float | list[float] = 4.0
+    task_scale: float | list[float] | None = None
+    dropout: float | list[float] = 0.05
+    shared_mode: SharedMode = "matrix"
+    targets: list[str] = field(default_factory=lambda: list(LINEAR_TARGETS))
+    task_targets: list[str] = field(default_factory=lambda: ["proj", "fc1", "fc2"])
+    patch_merging: bool = False
+    groups: list | None = None
+    split_block: list[int | None] | None = None
+    train_patch_embed: bool = True
+    train_norms: bool = True
+    train_relative_position_bias: bool = True
+    train_patch_merging: bool | None = None
+    train_biases: bool = False
+
+
+def per_stage(value, n: int, option: str) -> list:
+    """Broadcast one value (or a 1-element list) to ``n`` stages, as the official config does."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if len(values) == 1:
+        values = values * n
+    if len(values) != n:
+        raise ValueError(f"{option}: expected one value or {n} (one per stage), got {values}")
+    return values
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    kind: BlockKind = "shared"
+    paths: tuple[str, ...] = ()
+    groups: tuple[tuple[str, ...], ...] = ()
+
+
+@dataclass
+class PlanReport:
+    """What a plan did: wrapped layers and the stream layout seen by the decoders."""
+
+    wrapped: list[str]
+    blocks: list[list[BlockPlan]]
+    stage_task_streams: list[list[int]]  # per stage: stream index serving each task
+
+
+def _stage_groups(cfg: AdapterConfig, tasks: list[str], n_stages: int) -> list[tuple[tuple[str, ...], ...] | None]:
+    groups = per_stage(cfg.groups if cfg.groups is not None else ["shared"], n_stages, "adapter.groups")
+    out = []
+    for i, g in enumerate(groups):
+        if g in (None, "shared"):
+            out.append(None)
+        elif g == "tasks":
+            out.append(tuple((t,) for t in tasks))
+        else:
+            parts = tuple(tuple(grp) for grp in g)
+            seen = [t for grp in parts for t in grp]
+            unknown = sorted(set(seen) - set(tasks))
+            missing = [t for t in tasks if t not in seen]
+            dup = sorted({t for t in seen if seen.count(t) > 1})
+            if not parts or any(not grp for grp in parts):
+                raise ValueError(f"adapter.groups[{i}]: empty group in {g}")
+            if unknown or missing or dup:
+                raise ValueError(
+                    f"adapter.groups[{i}] must partition the tasks {tasks}: unknown {unknown}, "
+                    f"missing {missing}, in several groups {dup}"
+                )
+            out.append(parts)
+    return out
+
+
+def block_plans(cfg: AdapterConfig, tasks: list[str], depths: list[int]) -> list[list[BlockPlan]]:
+    """The kind and paths of every block for ``cfg``."""
+    plans = [[BlockPlan() for _ in range(d)] for d in depths]
+    if cfg.method == "mtlora" and cfg.shared_mode != "lora_only":
+        for i, d in enumerate(depths):
+            plans[i][d - 1] = BlockPlan("branch", tuple(tasks))
+    elif cfg.method == "progressive":
+        split = per_stage(cfg.split_block if cfg.split_block is not None else [None], len(depths), "adapter.split_block")
+        current: tuple[tuple[str, ...], ...] | None = None
+        for i, (d, groups) in enumerate(zip(depths, _stage_groups(cfg, tasks, len(depths)))):
+            start = split[i] or 0
+            if not 0 <= start < d:
+                raise ValueError(f"adapter.split_block[{i}] = {start} is outside stage {i} (blocks 0..{d - 1})")
+            for j in range(d):
+                if j == start and groups is not None:
+                    if current is not None and not all(any(set(g) <= set(p) for p in current) for g in groups):
+                        raise ValueError(
+                            f"adapter.groups[{i}] = {groups} does not refine the previous partition {current}: "
+                            f"streams can only split as they go deeper"
+                        )
+                    current = groups
+                if current is not None:
+                    plans[i][j] = BlockPlan("streams", tuple("+".join(g) for g in current), current)
+    return plans
+
+
+def apply_plan(encoder: SwinEncoder, cfg: AdapterConfig, tasks: list[str]) -> PlanReport:
+    """Inject adapters into ``encoder`` as ``cfg`` says and set which parameters train."""
+    depths = [len(stage.blocks) for stage in encoder.layers]
+    n = len(depths)
+    for opt in ("targets", "task_targets"):
+        bad = sorted(set(getattr(cfg, opt)) - set(LINEAR_TARGETS))
+        if bad:
+            raise ValueError(f"adapter.{opt}: unknown layer names {bad}; choose from {list(LINEAR_TARGETS)}")
+    shared_rank = per_stage(cfg.shared_rank, n, "adapter.shared_rank")
+    task_rank = per_stage(cfg.task_rank if cfg.task_rank is not None else cfg.shared_rank, n, "adapter.task_rank")
+    shared_scale = per_stage(cfg.shared_scale, n, "adapter.shared_scale")
+    task_scale = per_stage(cfg.task_scale if cfg.task_scale is not None else cfg.shared_scale, n, "adapter.task_scale")
+    dropout = per_stage(cfg.dropout, n, "adapter.dropout")
+    uses_lora = cfg.method in ("mtlora", "progressive")
+    if uses_lora:
+        for opt, ranks in (("shared_rank", shared_rank), ("task_rank", task_rank)):
+            if any(int(r) <= 0 for r in ranks):
+                raise ValueError(f"adapter.{opt} must be a positive integer (per stage), got {ranks}")
+    plans = block_plans(cfg, tasks, depths)
+
+    pattern = re.compile(r"layers\.(\d+)\.(?:blocks\.(\d+)\.(?:attn|mlp)\.(\w+)|downsample\.reduction)$")
+
+    def spec_for(name: str, _layer: nn.Linear) -> LoRASpec | None:
+        m = pattern.match(name)
+        if not m or not uses_lora:
+            return None
+        i = int(m.group(1))
+        common = dict(shared_scale=shared_scale[i], path_scale=task_scale[i], dropout=dropout[i], mode=cfg.shared_mode)
+        if m.group(2) is None:  # patch-merging reduction (MTLoRA+): shared path only
+            return LoRASpec(shared_rank=int(shared_rank[i]), **common) if cfg.patch_merging else None
+        leaf, plan = m.group(3), plans[i][int(m.group(2))]
+        if plan.kind == "streams":  # every adapted layer of a stream block has one path per stream
+            if leaf not in cfg.targets:
+                return None
+            return LoRASpec(shared_rank=0, path_names=plan.paths, path_rank=int(task_rank[i]), **common)
+        if leaf not in cfg.targets:
+            return None
+        paths = plan.paths if plan.kind == "branch" and leaf in cfg.task_targets else ()
+        mode = cfg.shared_mode if paths else "matrix"
+        return LoRASpec(int(shared_rank[i]), paths, int(task_rank[i]) if paths else 0,
+                        shared_scale[i], task_scale[i], dropout[i], mode)
+
+    wrapped = inject_lora(encoder, spec_for)
+    if uses_lora:
+        for target in cfg.targets:
+            if not any(w.endswith("." + target) for w in wrapped):
+                raise ValueError(f"adapter.targets: {target!r} matched no layer")
+
+    stage_streams: list[list[int]] = []
+    for i, stage in enumerate(encoder.layers):
+        for blk, plan in zip(stage.blocks, plans[i]):
+            blk.kind = plan.kind
+            blk.num_streams = len(plan.paths) if plan.kind == "branch" else 1
+        last = plans[i][-1]
+        if last.kind == "branch":
+            stage_streams.append(list(range(len(tasks))))
+        elif last.kind == "streams":
+            stage_streams.append([next(k for k, g in enumerate(last.groups) if t in g) for t in tasks])
+        else:
+            stage_streams.append([0] * len(tasks))
+    _set_stream_routes(encoder, plans)
+    mark_trainable(encoder, cfg)
+    return PlanReport(wrapped, plans, stage_streams)
+
+
+def _set_stream_routes(encoder: SwinEncoder, plans: list[list[BlockPlan]]) -> None:
+    """Give each stream block whose partition changes the parent index of every new stream."""
+    import torch
+
+    previous: tuple[tuple[str, ...], ...] | None = None
+    for stage, stage_plans in zip(encoder.layers, plans):
+        for blk, plan in zip(stage.blocks, stage_plans):
+            route = None
+            if plan.kind == "streams" and plan.groups != previous:
+                parents = previous or (tuple(t for g in plan.groups for t in g),)
+                route = torch.tensor([next(k for k, p in enumerate(parents) if set(g) <= set(p)) for g in plan.groups])
+                previous = plan.groups
+            if route is not None:
+                blk.register_buffer("stream_route", route, persistent=False)
+            else:
+                blk.stream_route = None
+
+
+def mark_trainable(encoder: nn.Module, cfg: AdapterConfig) -> None:
+    """Set ``requires_grad`` on the encoder per the trainable-set rules (reference §1.2)."""
+    if cfg.method == "full":
+        encoder.requires_grad_(True)
+        return
+    train_merging = cfg.train_patch_merging if cfg.train_patch_merging is not None else not cfg.patch_merging
+    lora = cfg.method != "decoders"
+    for name, p in encoder.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        p.requires_grad = bool(
+            (lora and ".lora_" in f".{name}")
+            or (lora and cfg.train_patch_embed and name.startswith("patch_embed."))
+            or (lora and cfg.train_norms and (".norm" in f".{name}" or "lora_norm" in name))
+            or (lora and cfg.train_relative_position_bias and leaf == "relative_position_bias_table")
+            or (lora and train_merging and re.search(r"downsample\.reduction\.(linear\.)?weight$", name))
+            or (cfg.train_biases and leaf == "bias")
+        )
