@@ -1,0 +1,84 @@
+"""Callbacks that report results: a per-task table on the console and a JSON file per run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_only
+
+log = logging.getLogger(__name__)
+
+
+def format_metrics_table(metrics: dict[str, float], stage: str) -> str:
+    """``{"val/semseg/mIoU": 12.3, ...}`` -> a task x metric table (plus Δm and losses)."""
+    rows: dict[str, dict[str, float]] = {}
+    extras: dict[str, float] = {}
+    for key, value in sorted(metrics.items()):
+        parts = key.split("/")
+        if parts[0] != stage:
+            continue
+        if len(parts) == 3:
+            rows.setdefault(parts[1], {})[parts[2]] = value
+        elif len(parts) == 2:
+            extras[parts[1]] = value
+    lines = [f"{stage} results"]
+    for task, values in rows.items():
+        cells = "  ".join(f"{name}={val:.4g}" for name, val in values.items())
+        lines.append(f"  {task:<12} {cells}")
+    if extras:
+        lines.append("  " + "  ".join(f"{k}={v:.4g}" for k, v in extras.items()))
+    return "\n".join(lines)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON through a temporary file + rename, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+class ResultsWriter(Callback):
+    """Print the per-task metrics table and write ``<log_dir>/<stage>_results.json``."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, dict[str, float]] = {}
+
+    def _collect(self, trainer: Trainer, stage: str) -> dict[str, float]:
+        return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{stage}/")}
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.last["val"] = self._collect(trainer, "val")
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.last["test"] = self._collect(trainer, "test")
+        self._report(trainer, "test")
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._report(trainer, "val")
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "validate":
+            self._report(trainer, "val")
+
+    @rank_zero_only
+    def _report(self, trainer: Trainer, stage: str) -> None:
+        metrics = self.last.get(stage)
+        if not metrics:
+            return
+        print(format_metrics_table(metrics, stage))
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        payload = {"stage": stage, "epoch": trainer.current_epoch, "global_step": trainer.global_step,
+                   "metrics": metrics}
+        ckpt = getattr(trainer, "ckpt_path", None)
+        if ckpt:
+            payload["ckpt_path"] = str(ckpt)
+        write_json_atomic(log_dir / f"{stage}_results.json", payload)
+        log.info("wrote %s", log_dir / f"{stage}_results.json")

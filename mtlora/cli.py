@@ -1,0 +1,78 @@
+"""Command line: LightningCLI with the library's extra subcommands.
+
+``mtlora fit|validate|test|predict --config X`` are Lightning's; ``summary`` (and the other
+extra subcommands) are methods of :class:`MTLoRATrainer`, so they receive the same instantiated
+model and DataModule as ``fit`` does.  Tasks are declared once, on the DataModule, and linked
+into the model.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from mtlora.callbacks import ResultsWriter
+from mtlora.data import MultiTaskDataModule
+from mtlora.module import MultiTaskModule
+from mtlora.trainer import MTLoRATrainer
+
+EXTRA_SUBCOMMANDS: dict[str, set[str]] = {
+    "summary": {"model", "datamodule"},
+}
+# extra subcommands that only inspect the model: no weight download, no data folder needed
+OFFLINE_SUBCOMMANDS = {"summary"}
+
+
+class MTLoRACLI(LightningCLI):
+    """LightningCLI with task linking, default CSV logging and extra subcommands."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), **EXTRA_SUBCOMMANDS}
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.task_channels", "model.task_channels", apply_on="instantiate")
+        parser.link_arguments("data.batch_size", "model.batch_size", apply_on="instantiate")
+        parser.link_arguments("data.img_size", "model.encoder.img_size", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand in OFFLINE_SUBCOMMANDS:
+            config = self.config[self.subcommand]
+            config.model.encoder.pretrained = None
+
+    def instantiate_trainer(self, **kwargs: Any):
+        trainer = super().instantiate_trainer(**kwargs)
+        if self.subcommand in ("fit", "validate", "test"):
+            trainer.callbacks.append(ResultsWriter())
+        return trainer
+
+
+def main(args: list[str] | None = None) -> MTLoRACLI | None:
+    """Entry point of the ``mtlora`` console script (``args`` lets tests run it in-process)."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["data"]:
+        from mtlora.data.cli import data_main
+
+        data_main(argv[1:])
+        return None
+    return MTLoRACLI(
+        MultiTaskModule,
+        MultiTaskDataModule,
+        subclass_mode_data=True,
+        trainer_class=MTLoRATrainer,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
+        },
+        parser_kwargs={"default_env": False},
+        args=argv,
+    )
+
+
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""LightningModule: wires the multi-task model, losses, metrics and the optimiser recipe.
+
+It holds no data logic: batches arrive in the convention of :mod:`mtlora.tasks` and the task
+list/channels come from the DataModule (linked by the CLI).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, fields, is_dataclass
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor
+
+from mtlora.losses import MultiTaskLoss
+from mtlora.models.model import DecoderConfig, EncoderConfig, MultiTaskModel, parameter_counts
+from mtlora.models.plans import AdapterConfig
+
+log = logging.getLogger(__name__)
+
+
+def as_config(cls, value):
+    """Accept a config dataclass or the plain dict stored in a checkpoint's hyper-parameters."""
+    if value is None:
+        return cls()
+    if is_dataclass(value):
+        return value
+    if isinstance(value, dict):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown options {unknown}; known: {sorted(known)}")
+        return cls(**value)
+    raise TypeError(f"{cls.__name__}: expected a dict or {cls.__name__}, got {type(value).__name__}")
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, warmup_lr: float, peak_lr: float,
+                  min_lr: float) -> float:
+    """Learning rate at ``step``: linear warm-up from ``warmup_lr``, then cosine to ``min_lr``.
+
+    Same shape as timm's CosineLRScheduler with ``warmup_prefix=True`` stepped per iteration,
+    which is what the official recipe uses.
+    """
+    if step < warmup_steps:
+        return warmup_lr + (peak_lr - warmup_lr) * step / max(1, warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr + 0.5 * (peak_lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+class MultiTaskModule(LightningModule):
+    """Multi-task dense prediction with a parameter-efficient Swin encoder.
+
+    Args:
+        task_channels: output channels per task, in task order (linked from the DataModule).
+        encoder: Swin encoder options.
+        adapter: adapter method and ranks (MTLoRA by default).
+        decoder: decoder options.
+        loss_weights: per-task loss weights; unspecified tasks use the official values
+            (semseg 1, human_parts 2, sal 5, normals 10, edge 50, depth 1).
+        lr: base learning rate at ``lr_reference_batch`` images per step.
+        lr_reference_batch: the learning rates are scaled by global batch / this (official: 512);
+            None uses them as given.
+        warmup_lr: learning rate at the start of warm-up (scaled like ``lr``).
+        min_lr: final learning rate of the cosine schedule (scaled like ``lr``).
+        warmup_epochs: linear warm-up length in epochs (stepped per iteration).
+        weight_decay: AdamW weight decay; never applied to biases, norms or other 1-D parameters.
+        batch_size: per-device batch size (linked from the DataModule) for the LR scaling.
+        delta_m_baseline: single-task reference for Δm: a named set or ``{"task/metric": value}``.
+    """
+
+    def __init__(
+        self,
+        task_channels: dict[str, int] | None = None,
+        encoder: EncoderConfig | None = None,
+        adapter: AdapterConfig | None = None,
+        decoder: DecoderConfig | None = None,
+        loss_weights: dict[str, float] | None = None,
+        lr: float = 5e-4,
+        lr_reference_batch: int | None = 512,
+        warmup_lr: float = 5e-7,
+        min_lr: float = 5e-6,
+        warmup_epochs: float = 20.0,
+        weight_decay: float = 0.05,
+        batch_size: int = 32,
+        delta_m_baseline: str | dict[str, float] | None = "pascal_context_swin_t",
+    ) -> None:
+        super().__init__()
+        if not task_channels:
+            raise ValueError("model.task_channels is empty: give the data module's tasks (the CLI links them)")
+        encoder = as_config(EncoderConfig, encoder)
+        adapter = as_config(AdapterConfig, adapter)
+        decoder = as_config(DecoderConfig, decoder)
+        self.save_hyperparameters()
+        # checkpoints keep plain dicts so they load with torch's weights-only unpickler
+        self.hparams.update(encoder=asdict(encoder), adapter=asdict(adapter), decoder=asdict(decoder))
+        self.tasks = list(task_channels)
+        self.model = MultiTaskModel(dict(task_channels), encoder, adapter, decoder)
+        self.criterion = MultiTaskLoss(self.tasks, loss_weights)
+        self.evaluators = torch.nn.ModuleDict()
+        self._build_metrics(dict(task_channels))
+
+    # ------------------------------------------------------------------ metrics plumbing
+    def _build_metrics(self, task_channels: dict[str, int]) -> None:
+        from mtlora.metrics import MultiTaskEvaluator
+
+        for stage in ("val", "test"):
+            self.evaluators[stage] = MultiTaskEvaluator(task_channels)
+
+    def forward(self, image: Tensor) -> dict[str, Tensor]:
+        return self.model(image)
+
+    def _losses(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        losses = self.criterion(outputs, batch)
+        total = sum(self.criterion.weights[t] * losses[t] for t in self.tasks)
+        return total, losses
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        outputs = self.model(batch["image"])
+        total, losses = self._losses(outputs, batch)
+        bs = batch["image"].shape[0]
+        self.log("train/loss", total, prog_bar=True, batch_size=bs)
+        self.log_dict({f"train/{t}/loss": v.detach() for t, v in losses.items()}, batch_size=bs)
+        return total
+
+    def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
+        outputs = self.model(batch["image"])
+        total, losses = self._losses(outputs, batch)
+        bs = batch["image"].shape[0]
+        self.log(f"{stage}/loss", total, batch_size=bs, sync_dist=True)
+        self.log_dict({f"{stage}/{t}/loss": v for t, v in losses.items()}, batch_size=bs, sync_dist=True)
+        self.evaluators[stage].update(outputs, batch)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        evaluator = self.evaluators[stage]
+        results = evaluator.compute()  # collective under DDP: every rank calls it
+        self.log_dict({f"{stage}/{k}": v for k, v in results.items()}, sync_dist=False)
+        dm = self._delta_m(results)
+        if dm is not None:
+            self.log(f"{stage}/delta_m", dm, prog_bar=stage == "val")
+        evaluator.reset()
+
+    def _delta_m(self, results: dict[str, Tensor]) -> Tensor | None:
+        if self.hparams.delta_m_baseline is None:
+            return None
+        from mtlora.metrics import delta_m_tensor
+
+        return delta_m_tensor(results, self.hparams.delta_m_baseline)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        return {"outputs": self.model(batch["image"]), "meta": batch.get("meta")}
+
+    # ------------------------------------------------------------------ optimisation
+    def parameter_counts(self) -> dict[str, int]:
+        return parameter_counts(self.model)
+
+    def lr_scale(self) -> float:
+        if self.hparams.lr_reference_batch is None:
+            return 1.0
+        trainer = self._trainer
+        world = trainer.world_size if trainer is not None else 1
+        accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
+        return self.hparams.batch_size * world * accumulate / self.hparams.lr_reference_batch
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue  # only trainable parameters reach the optimizer
+            # official set_weight_decay: no decay for 1-D params and biases; relative position
+            # bias tables (2-D) are decayed, as in the official MTLoRA code
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        scale = self.lr_scale()
+        peak = self.hparams.lr * scale
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=peak, betas=(0.9, 0.999), eps=1e-8,
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+        warmup = int(round(self.hparams.warmup_epochs * total / epochs))
+        warmup_lr, min_lr = self.hparams.warmup_lr * scale, self.hparams.min_lr * scale
+        log.info("optimizer: AdamW peak lr %.3g (base %.3g x %.4g), %d warm-up of %d steps", peak,
+                 self.hparams.lr, scale, warmup, total)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, warmup, total, warmup_lr, peak, min_lr) / peak
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,0 +1,46 @@
+"""Parameter and compute summary of a multi-task model (``mtlora summary``)."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from mtlora.models.model import MultiTaskModel, parameter_counts
+
+
+def gmacs(model: MultiTaskModel, img_size: int) -> dict[str, float]:
+    """Multiply-accumulates (G) of one ``img_size``² image: encoder, each task's decoder, total."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, img_size, img_size, device=device))
+    model.train(was_training)
+    counts = {name.split(".", 1)[-1] if "." in name else name: sum(ops.values()) / 2e9
+              for name, ops in counter.get_flop_counts().items()}
+    out = {"encoder": counts.get("backbone", 0.0)}
+    for task in model.tasks:
+        out[f"decoder/{task}"] = counts.get(f"decoder.fusion.{task}", 0.0) + counts.get(f"decoder.heads.{task}", 0.0)
+    out["total"] = counts.get("Global", sum(out.values()))
+    return out
+
+
+def summary_table(model: MultiTaskModel, img_size: int, with_macs: bool = True) -> tuple[str, dict]:
+    """Human-readable table and the same numbers as a dict."""
+    counts = parameter_counts(model)
+    result: dict = {"parameters": counts, "method": model.adapter_config.method, "tasks": model.tasks}
+    lines = [
+        f"method: {model.adapter_config.method}    tasks: {', '.join(model.tasks)}    input: {img_size}x{img_size}",
+        "",
+        f"{'parameters':<24}{'total':>14}{'trainable':>14}",
+        f"{'encoder':<24}{counts['encoder_total']:>14,}{counts['encoder_trainable']:>14,}",
+        f"{'decoders':<24}{counts['total'] - counts['encoder_total']:>14,}{counts['decoder_trainable']:>14,}",
+        f"{'all':<24}{counts['total']:>14,}{counts['trainable']:>14,}",
+        f"{'trainable share':<24}{'':>14}{100 * counts['trainable'] / counts['total']:>13.2f}%",
+    ]
+    if with_macs:
+        macs = gmacs(model, img_size)
+        result["gmacs"] = macs
+        lines += ["", f"{'GMACs (batch 1)':<24}{'':>14}{'':>14}"]
+        lines += [f"{name:<24}{value:>28.2f}" for name, value in macs.items()]
+    return "\n".join(lines), result
