@@ -50,13 +50,15 @@ class MTLoRACLI(LightningCLI):
         return trainer
 
 
-def main(args: list[str] | None = None) -> MTLoRACLI | None:
-    """Entry point of the ``mtlora`` console script (``args`` lets tests run it in-process)."""
+def run_cli(args: list[str] | None = None) -> MTLoRACLI | None:
+    """Run one command; ``args`` (without the program name) lets tests run it in-process."""
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["data"]:
-        from mtlora.data.cli import data_main
+        from mtlora.cli_data import data_main
 
-        data_main(argv[1:])
+        status = data_main(argv[1:])
+        if status:
+            raise SystemExit(status)
         return None
     return MTLoRACLI(
         MultiTaskModule,
@@ -64,14 +66,18 @@ def main(args: list[str] | None = None) -> MTLoRACLI | None:
         subclass_mode_data=True,
         trainer_class=MTLoRATrainer,
         save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
         trainer_defaults={
             "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
         },
         parser_kwargs={"default_env": False},
-        args=argv,
+        args=args,
     )
 
 
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``mtlora`` console script."""
+    run_cli(args)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, fields, is_dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
@@ -68,15 +68,18 @@ class MultiTaskModule(LightningModule):
         warmup_epochs: linear warm-up length in epochs (stepped per iteration).
         weight_decay: AdamW weight decay; never applied to biases, norms or other 1-D parameters.
         batch_size: per-device batch size (linked from the DataModule) for the LR scaling.
-        delta_m_baseline: single-task reference for Δm: a named set or ``{"task/metric": value}``.
+        delta_m_baseline: single-task reference for Δm: a named set (``pascal_context_swin_t``,
+            ``nyud_swin_t``) or ``{"task/metric": value}``; None disables ``val/delta_m``.
+        edge_max_dist: edge ODS matching tolerance as a fraction of the image diagonal
+            (PASCAL 0.0075, NYUD 0.011, as SEISM).
     """
 
     def __init__(
         self,
         task_channels: dict[str, int] | None = None,
-        encoder: EncoderConfig | None = None,
-        adapter: AdapterConfig | None = None,
-        decoder: DecoderConfig | None = None,
+        encoder: EncoderConfig = EncoderConfig(),
+        adapter: AdapterConfig = AdapterConfig(),
+        decoder: DecoderConfig = DecoderConfig(),
         loss_weights: dict[str, float] | None = None,
         lr: float = 5e-4,
         lr_reference_batch: int | None = 512,
@@ -86,6 +89,7 @@ class MultiTaskModule(LightningModule):
         weight_decay: float = 0.05,
         batch_size: int = 32,
         delta_m_baseline: str | dict[str, float] | None = "pascal_context_swin_t",
+        edge_max_dist: float = 0.0075,
     ) -> None:
         super().__init__()
         if not task_channels:
@@ -101,13 +105,16 @@ class MultiTaskModule(LightningModule):
         self.criterion = MultiTaskLoss(self.tasks, loss_weights)
         self.evaluators = torch.nn.ModuleDict()
         self._build_metrics(dict(task_channels))
+        self.delta_m_tasks = self._delta_m_tasks(delta_m_baseline)
 
     # ------------------------------------------------------------------ metrics plumbing
     def _build_metrics(self, task_channels: dict[str, int]) -> None:
         from mtlora.metrics import MultiTaskEvaluator
 
         for stage in ("val", "test"):
-            self.evaluators[stage] = MultiTaskEvaluator(task_channels)
+            self.evaluators[stage] = MultiTaskEvaluator(
+                list(task_channels), task_channels, edge_max_dist=self.hparams.edge_max_dist
+            )
 
     def forward(self, image: Tensor) -> dict[str, Tensor]:
         return self.model(image)
@@ -148,12 +155,30 @@ class MultiTaskModule(LightningModule):
             self.log(f"{stage}/delta_m", dm, prog_bar=stage == "val")
         evaluator.reset()
 
+    def _delta_m_tasks(self, baseline: str | dict[str, float] | None) -> list[str]:
+        """Tasks that enter Δm; fails early when the baseline covers none of them."""
+        if baseline is None:
+            return []
+        from mtlora.metrics import resolve_baselines
+
+        keys = resolve_baselines(baseline)
+        covered = [t for t in self.tasks if any(k.split("/", 1)[0] == t for k in keys)]
+        if not covered:
+            raise ValueError(
+                f"model.delta_m_baseline: {baseline!r} has no baseline for any trained task {self.tasks} "
+                f"(baseline keys {sorted(keys)}); give one or set it to null"
+            )
+        missing = [t for t in self.tasks if t not in covered]
+        if missing:
+            log.warning("Δm leaves out %s: no single-task baseline in %r", missing, baseline)
+        return covered
+
     def _delta_m(self, results: dict[str, Tensor]) -> Tensor | None:
-        if self.hparams.delta_m_baseline is None:
+        if not self.delta_m_tasks:
             return None
         from mtlora.metrics import delta_m_tensor
 
-        return delta_m_tensor(results, self.hparams.delta_m_baseline)
+        return delta_m_tensor(results, self.hparams.delta_m_baseline, tasks=self.delta_m_tasks)
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")

@@ -22,6 +22,7 @@ from mtlora.models.swin import BlockKind, SwinEncoder
 log = logging.getLogger(__name__)
 
 Method = Literal["mtlora", "full", "decoders", "progressive"]
+
 LINEAR_TARGETS = ("qkv", "proj", "fc1", "fc2")
 
 
@@ -49,6 +50,11 @@ class AdapterConfig:
             ``split_block`` on; ``"shared"``, ``"tasks"`` or a list of task lists.
         split_block: ``progressive`` only: per stage, first block that uses the stage's groups
             (earlier blocks of the stage keep the previous partition); None = block 0.
+        plan: explicit sharing plan, one entry per stage: a token for all its blocks or a list
+            with one token per block; tokens: ``shared`` (task-agnostic path), ``branch``
+            (MTLoRA task-specific block whose task streams exit to the decoders), ``tasks``
+            (one stream per task from here on), or a list of task groups (one stream per group).
+            Overrides what ``method`` would build.
         train_patch_embed / train_norms / train_relative_position_bias: unfreeze those
             backbone parameters (official MTLoRA: all True).
         train_patch_merging: unfreeze the dense patch-merging reductions (None: True unless
@@ -68,6 +74,7 @@ class AdapterConfig:
     patch_merging: bool = False
     groups: list | None = None
     split_block: list[int | None] | None = None
+    plan: list | None = None
     train_patch_embed: bool = True
     train_norms: bool = True
     train_relative_position_bias: bool = True
@@ -101,54 +108,106 @@ class PlanReport:
     stage_task_streams: list[list[int]]  # per stage: stream index serving each task
 
 
-def _stage_groups(cfg: AdapterConfig, tasks: list[str], n_stages: int) -> list[tuple[tuple[str, ...], ...] | None]:
-    groups = per_stage(cfg.groups if cfg.groups is not None else ["shared"], n_stages, "adapter.groups")
-    out = []
-    for i, g in enumerate(groups):
-        if g in (None, "shared"):
-            out.append(None)
-        elif g == "tasks":
-            out.append(tuple((t,) for t in tasks))
-        else:
-            parts = tuple(tuple(grp) for grp in g)
-            seen = [t for grp in parts for t in grp]
-            unknown = sorted(set(seen) - set(tasks))
-            missing = [t for t in tasks if t not in seen]
-            dup = sorted({t for t in seen if seen.count(t) > 1})
-            if not parts or any(not grp for grp in parts):
-                raise ValueError(f"adapter.groups[{i}]: empty group in {g}")
-            if unknown or missing or dup:
-                raise ValueError(
-                    f"adapter.groups[{i}] must partition the tasks {tasks}: unknown {unknown}, "
-                    f"missing {missing}, in several groups {dup}"
-                )
-            out.append(parts)
-    return out
+PlanToken = str | list  # "shared" | "branch" | "tasks" | [[task, ...], ...]
+
+
+def _is_partition(entry) -> bool:
+    return isinstance(entry, (list, tuple)) and bool(entry) and all(
+        isinstance(g, (list, tuple)) and all(isinstance(t, str) for t in g) for g in entry
+    )
+
+
+def _parse_token(token, tasks: list[str], where: str) -> BlockPlan:
+    """One block's entry of a plan -> its BlockPlan (groups validated as a partition of the tasks)."""
+    if token == "shared":
+        return BlockPlan("shared")
+    if token == "branch":
+        return BlockPlan("branch", tuple(tasks))
+    if token == "tasks":
+        groups = tuple((t,) for t in tasks)
+    elif _is_partition(token):
+        groups = tuple(tuple(g) for g in token)
+    else:
+        raise ValueError(
+            f"{where}: expected 'shared', 'branch', 'tasks' or a list of task groups, got {token!r}"
+        )
+    if any(not g for g in groups):
+        raise ValueError(f"{where}: empty task group in {[list(g) for g in groups]}")
+    seen = [t for g in groups for t in g]
+    unknown = sorted(set(seen) - set(tasks))
+    missing = [t for t in tasks if t not in seen]
+    dup = sorted({t for t in seen if seen.count(t) > 1})
+    if unknown or missing or dup:
+        raise ValueError(
+            f"{where}: groups {[list(g) for g in groups]} must partition the tasks {tasks}: "
+            f"unknown {unknown}, missing {missing}, in several groups {dup}"
+        )
+    return BlockPlan("streams", tuple("+".join(g) for g in groups), groups)
+
+
+def mtlora_plan(depths: list[int]) -> list[list[PlanToken]]:
+    """Official MTLoRA: shared blocks, task branch in the last block of every stage."""
+    return [["shared"] * (d - 1) + ["branch"] for d in depths]
+
+
+def progressive_plan(cfg: AdapterConfig, depths: list[int]) -> list[list[PlanToken]]:
+    """Per-stage ``groups`` switched on at ``split_block`` (earlier blocks keep the previous ones)."""
+    groups = per_stage(cfg.groups if cfg.groups is not None else ["shared"], len(depths), "adapter.groups")
+    split = per_stage(cfg.split_block if cfg.split_block is not None else [None], len(depths), "adapter.split_block")
+    plan, current = [], "shared"
+    for i, d in enumerate(depths):
+        start = split[i] or 0
+        if not 0 <= start < d:
+            raise ValueError(f"adapter.split_block[{i}] = {start} is outside stage {i} (blocks 0..{d - 1})")
+        stage = []
+        for j in range(d):
+            if j == start and groups[i] is not None:
+                current = groups[i]
+            stage.append(current)
+        plan.append(stage)
+    return plan
 
 
 def block_plans(cfg: AdapterConfig, tasks: list[str], depths: list[int]) -> list[list[BlockPlan]]:
-    """The kind and paths of every block for ``cfg``."""
-    plans = [[BlockPlan() for _ in range(d)] for d in depths]
-    if cfg.method == "mtlora" and cfg.shared_mode != "lora_only":
-        for i, d in enumerate(depths):
-            plans[i][d - 1] = BlockPlan("branch", tuple(tasks))
+    """Resolve ``cfg`` to the kind and paths of every block, and validate the stream tree.
+
+    ``cfg.plan`` (explicit) wins; otherwise ``mtlora`` and ``progressive`` build theirs.  A plan
+    is one entry per stage: a token for all its blocks or a list with one token per block.
+    Streams may only split as they go deeper (each group inside one earlier group), and once
+    the encoder has split into streams no block can be ``shared`` or ``branch`` again.
+    """
+    if cfg.method in ("full", "decoders"):
+        return [[BlockPlan() for _ in range(d)] for d in depths]
+    if cfg.plan is not None:
+        raw = cfg.plan
     elif cfg.method == "progressive":
-        split = per_stage(cfg.split_block if cfg.split_block is not None else [None], len(depths), "adapter.split_block")
-        current: tuple[tuple[str, ...], ...] | None = None
-        for i, (d, groups) in enumerate(zip(depths, _stage_groups(cfg, tasks, len(depths)))):
-            start = split[i] or 0
-            if not 0 <= start < d:
-                raise ValueError(f"adapter.split_block[{i}] = {start} is outside stage {i} (blocks 0..{d - 1})")
-            for j in range(d):
-                if j == start and groups is not None:
-                    if current is not None and not all(any(set(g) <= set(p) for p in current) for g in groups):
-                        raise ValueError(
-                            f"adapter.groups[{i}] = {groups} does not refine the previous partition {current}: "
-                            f"streams can only split as they go deeper"
-                        )
-                    current = groups
-                if current is not None:
-                    plans[i][j] = BlockPlan("streams", tuple("+".join(g) for g in current), current)
+        raw = progressive_plan(cfg, depths)
+    elif cfg.shared_mode == "lora_only":
+        raw = [["shared"] * d for d in depths]
+    else:
+        raw = mtlora_plan(depths)
+    if len(raw) != len(depths):
+        raise ValueError(f"adapter.plan: expected {len(depths)} stages, got {len(raw)} (unknown stages?)")
+    plans: list[list[BlockPlan]] = []
+    current: tuple[tuple[str, ...], ...] | None = None
+    for i, (entry, d) in enumerate(zip(raw, depths)):
+        tokens = entry if isinstance(entry, (list, tuple)) and not _is_partition(entry) else [entry] * d
+        if len(tokens) != d:
+            raise ValueError(f"adapter.plan[{i}]: stage {i} has {d} blocks, the plan lists {len(tokens)}")
+        stage = []
+        for j, token in enumerate(tokens):
+            blk = _parse_token(token, tasks, f"adapter.plan[{i}][{j}]")
+            if blk.kind != "streams" and current is not None:
+                raise ValueError(f"adapter.plan[{i}][{j}]: {token!r} after the streams split at an earlier block")
+            if blk.kind == "streams":
+                if current is not None and not all(any(set(g) <= set(p) for p in current) for g in blk.groups):
+                    raise ValueError(
+                        f"adapter.plan[{i}][{j}]: groups {[list(g) for g in blk.groups]} do not refine the "
+                        f"previous {[list(g) for g in current]}: streams can only split as they go deeper"
+                    )
+                current = blk.groups
+            stage.append(blk)
+        plans.append(stage)
     return plans
 
 
