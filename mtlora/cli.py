@@ -21,6 +21,7 @@ from mtlora.trainer import MTLoRATrainer
 
 EXTRA_SUBCOMMANDS: dict[str, set[str]] = {
     "summary": {"model", "datamodule"},
+    "similarity": {"model", "datamodule"},
 }
 # extra subcommands that only inspect the model: no weight download, no data folder needed
 OFFLINE_SUBCOMMANDS = {"summary"}
