@@ -101,7 +101,10 @@ class MultiTaskModule(LightningModule):
         # checkpoints keep plain dicts so they load with torch's weights-only unpickler
         self.hparams.update(encoder=asdict(encoder), adapter=asdict(adapter), decoder=asdict(decoder))
         self.tasks = list(task_channels)
-        self.model = MultiTaskModel(dict(task_channels), encoder, adapter, decoder)
+        # ImageNet weights are loaded in setup(), so that building the module (summary,
+        # load_from_checkpoint, resume) never downloads weights a checkpoint replaces anyway
+        self.model = MultiTaskModel(dict(task_channels), encoder, adapter, decoder, load_pretrained=False)
+        self._pretrained_pending = bool(encoder.pretrained)
         self.criterion = MultiTaskLoss(self.tasks, loss_weights)
         self.evaluators = torch.nn.ModuleDict()
         self._build_metrics(dict(task_channels))
@@ -115,6 +118,11 @@ class MultiTaskModule(LightningModule):
             self.evaluators[stage] = MultiTaskEvaluator(
                 list(task_channels), task_channels, edge_max_dist=self.hparams.edge_max_dist
             )
+
+    def setup(self, stage: str) -> None:
+        if self._pretrained_pending and self.trainer.ckpt_path is None:
+            self.model.load_pretrained()
+        self._pretrained_pending = False
 
     def forward(self, image: Tensor) -> dict[str, Tensor]:
         return self.model(image)

@@ -62,19 +62,27 @@ class MultiTaskModel(nn.Module):
     """``forward(image) -> {task: logits (B, C_t, H, W)}`` for every task in ``task_channels``."""
 
     def __init__(self, task_channels: dict[str, int], encoder: EncoderConfig | None = None,
-                 adapter: AdapterConfig | None = None, decoder: DecoderConfig | None = None) -> None:
+                 adapter: AdapterConfig | None = None, decoder: DecoderConfig | None = None,
+                 load_pretrained: bool = True) -> None:
         super().__init__()
         self.tasks = validate_tasks(list(task_channels), "task_channels")
         self.encoder_config = encoder or EncoderConfig()
         self.adapter_config = adapter or AdapterConfig()
         self.decoder_config = decoder or DecoderConfig()
         self.backbone = SwinEncoder(self.encoder_config.swin_config())
-        if self.encoder_config.pretrained:
-            from mtlora.models.checkpoints import load_pretrained_backbone
-
-            load_pretrained_backbone(self.backbone, self.encoder_config.pretrained)
+        if load_pretrained and self.encoder_config.pretrained:
+            self.load_pretrained()
         self.plan: PlanReport = apply_plan(self.backbone, self.adapter_config, self.tasks)
         self.decoder = MultiTaskDecoder(task_channels, self.backbone.out_channels, self.decoder_config.channels)
+
+    def load_pretrained(self, source: str | None = None):
+        """Load ImageNet Swin weights into the encoder (before or after adapter injection)."""
+        from mtlora.models.checkpoints import load_pretrained_backbone
+
+        source = source or self.encoder_config.pretrained
+        if not source:
+            raise ValueError("no pretrained weights given: set encoder.pretrained")
+        return load_pretrained_backbone(self.backbone, source)
 
     def forward(self, image: Tensor) -> dict[str, Tensor]:
         features = self.backbone(image)

@@ -1,0 +1,84 @@
+"""timm Swin V1 models (``swin_*``), from local files or downloaded by timm.
+
+timm >= 0.9 stores the patch merging at the *start* of the following stage
+(``layers.{i+1}.downsample.*``) while we keep Microsoft's end-of-stage layout
+(``layers.i.downsample.*``, reference §2); the merging itself (neighbour order, norm, bias-free
+reduction) is identical.  Older timm files use the Microsoft layout and are passed through.
+The classifier is ``head.fc.*``; ``norm.*`` is the final LayerNorm; both are dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from torch import Tensor
+
+from mtlora.models.checkpoints.loading import Converted
+from mtlora.models.checkpoints.microsoft_swin import (
+    is_classifier,
+    is_recomputed_buffer,
+    merging_at_stage_start,
+)
+from mtlora.models.checkpoints.serialization import CheckpointError, strip_prefix
+
+MICROSOFT_URL = (
+    "https://github.com/SwinTransformer/storage/releases/download/v1.0.0/swin_tiny_patch4_window7_224.pth"
+)
+_STAGE_DOWNSAMPLE = re.compile(r"^layers\.(\d+)\.downsample\.(.+)$")
+
+
+def _convert_timm(state_dict: Mapping[str, Tensor]) -> Converted:
+    sd = strip_prefix(state_dict, "module.")
+    shift = merging_at_stage_start(sd)
+    out, origin, dropped = {}, {}, []
+    for key, value in sd.items():
+        if is_recomputed_buffer(key) or is_classifier(key):
+            dropped.append(key)
+            continue
+        new = key
+        m = _STAGE_DOWNSAMPLE.match(key)
+        if m and shift:
+            new = f"layers.{int(m.group(1)) - 1}.downsample.{m.group(2)}"
+            origin[new] = key
+        out[new] = value
+    return Converted(out, origin, dropped)
+
+
+def convert_timm_swin(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """timm Swin V1 state dict -> our encoder's (plain, adapter-free) names.
+
+    Pure function.  Moves ``layers.{i+1}.downsample.*`` to ``layers.i.downsample.*`` when the
+    file uses timm's stage-start layout (detected from the keys), drops ``head.*``/``head.fc.*``,
+    ``norm.*`` and the ``attn_mask``/``relative_position_index`` buffers.
+    """
+    return _convert_timm(state_dict).state_dict
+
+
+def timm_pretrained_state_dict(name: str) -> dict[str, Tensor]:
+    """The ImageNet weights of timm model ``name`` (e.g. ``swin_tiny_patch4_window7_224.ms_in1k``).
+
+    timm downloads (or reads from its cache) and converts the release itself; failures, typically
+    no network, become an error that says how to pass a local file instead.
+    """
+    import timm
+
+    if not timm.is_model(name):
+        raise CheckpointError(
+            f"timm has no model named {name!r}; Swin V1 names look like 'swin_tiny_patch4_window7_224.ms_in1k' "
+            f"(see timm.list_models('swin*'))"
+        )
+    if not name.startswith("swin_"):  # swinv2_*, swin-like hybrids: other layouts
+        raise CheckpointError(
+            f"timm:{name} is not a Swin V1 model; the encoder loads swin_* (V1) weights only"
+        )
+    try:
+        model = timm.create_model(name, pretrained=True, num_classes=0)
+    except Exception as e:  # network/hub/cache errors come in many types
+        raise CheckpointError(
+            f"could not fetch the pretrained weights of timm:{name} ({type(e).__name__}: {e}). Offline? Download "
+            f"the weights once and pass the file instead, e.g. --model.encoder.pretrained "
+            f"/path/swin_tiny_patch4_window7_224.pth (Microsoft release: {MICROSOFT_URL}) or a timm "
+            f".safetensors/.pth file"
+        ) from e
+    return model.state_dict()

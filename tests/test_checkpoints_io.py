@@ -1,0 +1,134 @@
+"""safe_torch_load: weights-only by default, clear errors for missing, empty, truncated and foreign files."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+
+from mtlora.models.checkpoints import (
+    CheckpointError,
+    UnsafeCheckpointError,
+    extract_state_dict,
+    safe_torch_load,
+)
+
+
+class Payload:
+    """An arbitrary (harmless) object: only loadable with allow_unsafe=True."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+def weights() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {"layer.weight": torch.randn(8, 4, generator=g), "layer.bias": torch.randn(8, generator=g)}
+
+
+@pytest.mark.parametrize("zipfile_format", [True, False], ids=["zip", "legacy"])
+def test_round_trip_with_metadata(tmp_path, zipfile_format):
+    path = tmp_path / "ckpt.pth"
+    obj = {
+        "model": weights(),
+        "epoch": 7,
+        "max_accuracy": np.float64(0.25),
+        "tags": {"a", "b"},
+        "raw": b"\x00\x01",
+        "dtype": torch.float16,
+    }
+    torch.save(obj, path, _use_new_zipfile_serialization=zipfile_format)
+    loaded = safe_torch_load(path)
+    assert loaded["epoch"] == 7 and loaded["max_accuracy"] == 0.25 and loaded["tags"] == {"a", "b"}
+    assert loaded["raw"] == b"\x00\x01" and loaded["dtype"] is torch.float16
+    for k, v in weights().items():
+        assert torch.equal(loaded["model"][k], v)
+    assert extract_state_dict(loaded, str(path)).keys() == weights().keys()
+
+
+def test_safetensors(tmp_path):
+    path = tmp_path / "model.safetensors"
+    safetensors.torch.save_file(weights(), str(path))
+    loaded = safe_torch_load(path)
+    assert all(torch.equal(loaded[k], v) for k, v in weights().items())
+    path.write_bytes(path.read_bytes()[:60])
+    with pytest.raises(CheckpointError, match=rf"{path}.*not a readable safetensors file"):
+        safe_torch_load(path)
+
+
+@pytest.mark.parametrize("zipfile_format", [True, False], ids=["zip", "legacy"])
+def test_unsafe_objects_need_opt_in(tmp_path, zipfile_format):
+    path = tmp_path / "pickled.pth"
+    torch.save({"model": weights(), "extra": Payload(3)}, path, _use_new_zipfile_serialization=zipfile_format)
+    with pytest.raises(UnsafeCheckpointError) as err:
+        safe_torch_load(path)
+    assert f"{Payload.__module__}.Payload" in str(err.value) and str(path) in str(err.value)
+    assert "allow_unsafe=True" in str(err.value)
+    with pytest.warns(UserWarning, match="can execute code"):
+        loaded = safe_torch_load(path, allow_unsafe=True)
+    assert loaded["extra"].value == 3
+
+
+def test_missing_empty_and_directory(tmp_path):
+    missing = tmp_path / "absent" / "swin_tiny_patch4_window7_224.pth"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        safe_torch_load(missing)
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=rf"{empty} is empty"):
+        safe_torch_load(empty)
+    with pytest.raises(CheckpointError, match="is not a file"):
+        safe_torch_load(tmp_path)
+
+
+@pytest.mark.parametrize("zipfile_format", [True, False], ids=["zip", "legacy"])
+def test_truncated(tmp_path, zipfile_format):
+    path = tmp_path / "truncated.pth"
+    torch.save({"model": weights()}, path, _use_new_zipfile_serialization=zipfile_format)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as err:
+        safe_torch_load(path)
+    msg = str(err.value)
+    assert str(path) in msg and "truncated" in msg
+    assert not isinstance(err.value, UnsafeCheckpointError)
+
+
+def test_not_a_checkpoint(tmp_path):
+    path = tmp_path / "random.pth"
+    path.write_bytes(b"GARBAGE!" + os.urandom(256))
+    with pytest.raises(
+        CheckpointError, match=rf"{path} is not a torch checkpoint \(it starts with bytes b'GARBAGE!'"
+    ):
+        safe_torch_load(path)
+    text = tmp_path / "notes.pth"
+    text.write_text("model weights go here\n")
+    with pytest.raises(CheckpointError, match="not a torch checkpoint"):
+        safe_torch_load(text)
+
+
+@pytest.mark.filterwarnings("ignore:.*is deprecated:FutureWarning")
+def test_foreign_zip_and_torchscript(tmp_path):
+    import zipfile
+
+    path = tmp_path / "archive.pth"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("readme.txt", "hello")
+    with pytest.raises(CheckpointError, match=r"zip archive but not a torch checkpoint"):
+        safe_torch_load(path)
+    scripted = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(scripted))
+    with pytest.raises(CheckpointError, match="TorchScript archive"):
+        safe_torch_load(scripted)
+
+
+def test_extract_state_dict_errors():
+    with pytest.raises(CheckpointError, match=r"src\.pth: no state dict found.*'epoch', 'optimizer'"):
+        extract_state_dict({"epoch": 1, "optimizer": {}}, "src.pth")
+    with pytest.raises(CheckpointError, match="got list"):
+        extract_state_dict([1, 2], "src.pth")
+    nested = {"state_dict": weights(), "epoch": 1}
+    assert extract_state_dict(nested, "x").keys() == weights().keys()
