@@ -44,6 +44,15 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def run_dir(trainer: Trainer) -> Path:
+    """The run's log folder, computed locally (``trainer.log_dir`` is a collective under DDP)."""
+    for logger in trainer.loggers:
+        path = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
+        if path:
+            return Path(path)
+    return Path(trainer.default_root_dir)
+
+
 class ResultsWriter(Callback):
     """Print the per-task metrics table and write ``<log_dir>/<stage>_results.json``."""
 
@@ -74,7 +83,7 @@ class ResultsWriter(Callback):
         if not metrics:
             return
         print(format_metrics_table(metrics, stage))
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        log_dir = run_dir(trainer)
         payload = {"stage": stage, "epoch": trainer.current_epoch, "global_step": trainer.global_step,
                    "metrics": metrics}
         ckpt = getattr(trainer, "ckpt_path", None)
