@@ -1,0 +1,408 @@
+"""Base DataModule, per-sample Dataset, collate and worker seeding shared by every data set.
+
+A concrete data set supplies two things: the sample ids of a split and a picklable reader
+``read(sample_id) -> decoded sample`` (numpy arrays at the original resolution, see
+:mod:`mtlora.data.transforms`).  This module turns them into DataLoaders that produce the batch
+convention of :mod:`mtlora.tasks`, plus ``batch["meta"] = {"id": [...], "size": [(h, w), ...]}``.
+
+Why the loaders look the way they do:
+
+* Every DataLoader worker and every DDP rank gets its own reproducible augmentation stream.
+  albumentations keeps its own RNG inside each Compose, which forked workers inherit
+  unchanged, so without re-seeding all workers would apply the same augmentations.
+* Under DDP, val/test use :class:`UnrepeatedDistributedSampler`: the default
+  DistributedSampler pads the last shard with duplicated samples, which changes the metrics.
+  Lightning keeps a sampler that already is a DistributedSampler.
+* Shuffling and worker seeds come from a generator seeded with ``seed`` (and the rank), so a
+  data order is reproducible from the DataModule arguments alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data._utils.collate import default_collate
+
+from mtlora.data.io import DataError
+from mtlora.data.transforms import BorderLabel, EvalResolution, MultiTaskTransform
+from mtlora.tasks import TASKS, validate_tasks
+
+__all__ = [
+    "MultiTaskDataModule",
+    "MultiTaskDataset",
+    "SampleFile",
+    "collate_multitask",
+    "seed_worker",
+]
+
+log = logging.getLogger(__name__)
+
+Reader = Callable[[str], dict[str, np.ndarray]]
+
+_ROLE_CODES = {"train": 0, "val": 1, "test": 2, "predict": 3}  # fixed codes: str hash() is salted per process
+
+
+@dataclass(frozen=True)
+class SampleFile:
+    """One file a sample needs, as used by :func:`mtlora.data.check.check_data_folder`.
+
+    Attributes:
+        kind: short name of the file kind ("image", "semseg", "label_map", ...).
+        candidates: possible paths, the first existing one is used (e.g. VOC12 before
+            pascal-context semseg).
+        tasks: the tasks that need this file.
+        read: decoder returning an array whose first two dims are ``H x W`` (or None when the
+            file has no size of its own, e.g. a PASCAL-Part file without objects).
+        is_image: True for the image itself (the size every label must match).
+    """
+
+    kind: str
+    candidates: tuple[Path, ...]
+    tasks: tuple[str, ...]
+    read: Callable[[Path], np.ndarray | None]
+    is_image: bool = False
+
+    @property
+    def path(self) -> Path:
+        """The first existing candidate, else the preferred (first) one."""
+        for candidate in self.candidates:
+            if candidate.exists():
+                return candidate
+        return self.candidates[0]
+
+
+class MultiTaskDataset(Dataset):
+    """Ids + reader + transform, with optional skipping of broken samples.
+
+    Args:
+        ids: sample ids of the split.
+        read: picklable callable decoding one sample id (raises :class:`DataError`).
+        transform: turns the decoded sample into tensors.
+        skip_broken: when a sample cannot be decoded, log it and return the next readable
+            sample instead of raising.  The number of skipped samples is counted across
+            DataLoader workers (shared-memory counter) and exposed as :attr:`skipped_count`.
+        name: used in log messages (e.g. "pascal-context/train").
+    """
+
+    def __init__(
+        self,
+        ids: Sequence[str],
+        read: Reader,
+        transform: MultiTaskTransform,
+        skip_broken: bool = False,
+        name: str = "",
+    ) -> None:
+        if not ids:
+            raise DataError(f"{name or 'data set'}: no samples")
+        self.ids = list(ids)
+        self.read = read
+        self.transform = transform
+        self.skip_broken = skip_broken
+        self.name = name
+        self._skipped_counter = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self.skipped: dict[str, str] = {}  # id -> reason, for the samples skipped in THIS process
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def skipped_count(self) -> int:
+        """Number of broken samples skipped so far, summed over all worker processes."""
+        return int(self._skipped_counter.item())
+
+    def set_random_seed(self, seed: int) -> None:
+        """Re-seed the augmentation stream (called per worker by :func:`seed_worker`)."""
+        self.transform.set_random_seed(seed)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not self.skip_broken:
+            return self._load(index)
+        for offset in range(len(self.ids)):
+            candidate = (index + offset) % len(self.ids)
+            sample_id = self.ids[candidate]
+            if sample_id in self.skipped:
+                continue
+            try:
+                return self._load(candidate)
+            except DataError as err:
+                self.skipped[sample_id] = str(err)
+                self._skipped_counter += 1
+                log.warning(
+                    "%s: skipping broken sample %s (%s); %d skipped so far",
+                    self.name,
+                    sample_id,
+                    err,
+                    self.skipped_count,
+                )
+        raise DataError(f"{self.name}: every sample is broken ({len(self.ids)} tried)")
+
+    def _load(self, index: int) -> dict[str, Any]:
+        sample_id = self.ids[index]
+        decoded = self.read(sample_id)
+        height, width = decoded["image"].shape[:2]
+        try:
+            sample: dict[str, Any] = self.transform(decoded)
+        except (ValueError, KeyError) as err:  # albumentations shape checks and missing keys
+            raise DataError(f"{self.name}: sample {sample_id}: {err}") from err
+        sample["meta"] = {"id": sample_id, "size": (int(height), int(width))}
+        return sample
+
+
+def collate_multitask(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors with the default collate; keep ``meta`` as a dict of lists."""
+    metas = [sample.get("meta", {}) for sample in samples]
+    batch = default_collate([{k: v for k, v in sample.items() if k != "meta"} for sample in samples])
+    if metas[0]:
+        batch["meta"] = {key: [meta[key] for meta in metas] for key in metas[0]}
+    return batch
+
+
+def _derive_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from several integers (seed, rank, worker, epoch draw)."""
+    return int(
+        np.random.SeedSequence([int(p) % (1 << 63) for p in parts]).generate_state(2, np.uint64)[0] >> 1
+    )
+
+
+def seed_worker(worker_id: int, base_seed: int = 0, rank: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: distinct, reproducible streams per worker and per rank.
+
+    ``get_worker_info().seed`` is ``base + worker_id`` where ``base`` is drawn from the
+    DataLoader's generator each time an iterator starts, so streams also differ between epochs
+    (non-persistent workers) while staying reproducible from the DataModule seed.
+    """
+    # NB: no cv2.setNumThreads() here: reconfiguring OpenCV's thread pool inside a forked worker
+    # whose parent already used that pool deadlocks (seen with opencv-python 5.0).
+    info = get_worker_info()
+    torch_seed = info.seed if info is not None else worker_id
+    seed = _derive_seed(base_seed, rank, worker_id, torch_seed)
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    dataset = info.dataset if info is not None else None
+    if dataset is not None and hasattr(dataset, "set_random_seed"):
+        dataset.set_random_seed(seed)
+
+
+def _distributed_rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class MultiTaskDataModule(LightningDataModule):
+    """Base DataModule: loaders, seeding and the task/channel bookkeeping.
+
+    Subclasses implement :meth:`semseg_classes`, :attr:`available_tasks`, :meth:`split_ids`
+    and :meth:`make_reader` (and optionally :meth:`sample_files` for the data check).
+
+    Args:
+        tasks: ordered task list (validated against :mod:`mtlora.tasks`).
+        batch_size: training batch size (evaluation uses the same, or 1 with
+            ``eval_resolution="original"``).
+        num_workers: DataLoader worker processes.
+        img_size: side of the square network input.
+        pin_memory: pin host memory (only used when CUDA is available).
+        persistent_workers: keep workers alive between epochs (only when num_workers > 0).
+        seed: seed of shuffling and augmentation streams.
+        augment: random training augmentation on/off.
+        flip: random horizontal flip (training).
+        rotation: rotation half-range in degrees (training).
+        scale_range: zoom range (training).
+        border_label: "ignore" (255) or "official" (0) for pixels created by the warp border.
+        eval_resolution: "resized" (labels at img_size², official protocol) or "original".
+        skip_broken: skip unreadable samples instead of raising (counted and logged).
+    """
+
+    #: Tasks this data set can provide; subclasses override.
+    available_tasks: tuple[str, ...] = tuple(TASKS)
+    #: Split used for validation / testing / prediction.
+    val_split: str = "val"
+    test_split: str = "val"
+
+    def __init__(
+        self,
+        tasks: list[str],
+        batch_size: int = 32,
+        num_workers: int = 4,
+        img_size: int = 448,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        seed: int = 0,
+        augment: bool = True,
+        flip: bool = True,
+        rotation: float = 20.0,
+        scale_range: tuple[float, float] = (0.75, 1.25),
+        border_label: BorderLabel = "ignore",
+        eval_resolution: EvalResolution = "resized",
+        skip_broken: bool = False,
+    ) -> None:
+        super().__init__()
+        self.tasks = validate_tasks(tasks)
+        unsupported = [task for task in self.tasks if task not in self.available_tasks]
+        if unsupported:
+            raise ValueError(
+                f"tasks: {unsupported} not available in {type(self).__name__}; "
+                f"available: {list(self.available_tasks)}"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.img_size = img_size
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.seed = seed
+        self.augment = augment
+        self.skip_broken = skip_broken
+        self.eval_resolution = eval_resolution
+        self.transform_options: dict[str, Any] = {
+            "flip": flip,
+            "rotation": rotation,
+            "scale_range": tuple(scale_range) if scale_range is not None else None,
+            "scale_choices": None,
+            "border_label": border_label,
+        }
+        self.datasets: dict[str, MultiTaskDataset] = {}
+        self.build_transform(train=True)  # fail on bad augmentation options now, not in a worker
+
+    # --- what subclasses provide ----------------------------------------------------------------
+    @property
+    def semseg_classes(self) -> int:
+        """Number of semantic classes of this data set."""
+        raise NotImplementedError
+
+    def split_ids(self, split: str) -> list[str]:
+        """Sample ids of a split (raises :class:`DataError` when the split file is missing)."""
+        raise NotImplementedError
+
+    def make_reader(self, split: str) -> Reader:
+        """Picklable callable decoding one sample id of ``split`` for :attr:`tasks`."""
+        raise NotImplementedError
+
+    def data_splits(self) -> list[str]:
+        """Splits that exist on disk for this data set (used by the data check)."""
+        return ["train", "val"]
+
+    def sample_files(self, sample_id: str) -> list[SampleFile]:
+        """Files one sample needs for :attr:`tasks` (empty for generated data)."""
+        return []
+
+    def describe_root(self) -> str:
+        """Where the data comes from, for reports."""
+        return getattr(self, "root", type(self).__name__)
+
+    # --- public -----------------------------------------------------------------------------
+    @property
+    def task_channels(self) -> dict[str, int]:
+        """Output channels per task, in task order (semseg = class count of this data set)."""
+        return {
+            task: (self.semseg_classes if TASKS[task].channels is None else int(TASKS[task].channels))
+            for task in self.tasks
+        }
+
+    @property
+    def skipped_count(self) -> int:
+        """Broken samples skipped so far over all splits and workers (``skip_broken=True``)."""
+        return sum(dataset.skipped_count for dataset in self.datasets.values())
+
+    def build_transform(self, train: bool) -> MultiTaskTransform:
+        """The transform of a training (augmented) or evaluation split."""
+        return MultiTaskTransform(
+            self.tasks,
+            self.img_size,
+            augment=train and self.augment,
+            # training batches always stack labels at img_size²; "original" is for evaluation
+            eval_resolution="resized" if train else self.eval_resolution,
+            seed=self.seed,
+            **self.transform_options,
+        )
+
+    def build_dataset(self, split: str, train: bool) -> MultiTaskDataset:
+        """Dataset of one split with the training or evaluation transform."""
+        return MultiTaskDataset(
+            self.split_ids(split),
+            self.make_reader(split),
+            self.build_transform(train),
+            skip_broken=self.skip_broken,
+            name=f"{type(self).__name__}/{split}",
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets of ``stage`` (fit: train + val; validate; test; predict)."""
+        wanted = {
+            "fit": ["train", "val"],
+            "validate": ["val"],
+            "test": ["test"],
+            "predict": ["predict"],
+        }.get(stage or "", ["train", "val", "test", "predict"])
+        for role in wanted:
+            if role in self.datasets:
+                continue
+            split = {"train": "train", "val": self.val_split}.get(role, self.test_split)
+            self.datasets[role] = self.build_dataset(split, train=role == "train")
+
+    def teardown(self, stage: str | None = None) -> None:
+        if self.skipped_count:
+            log.warning("%s: %d broken samples were skipped", type(self).__name__, self.skipped_count)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False, drop_last=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False, drop_last=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", shuffle=False, drop_last=False)
+
+    # --- loaders ------------------------------------------------------------------------------
+    def _loader(self, role: str, shuffle: bool, drop_last: bool) -> DataLoader:
+        if role not in self.datasets:
+            self.setup({"train": "fit", "val": "validate"}.get(role, role))
+        dataset = self.datasets[role]
+        rank, world = _distributed_rank_world()
+        batch_size = self.batch_size
+        if role != "train" and self.eval_resolution == "original":
+            batch_size = 1  # labels keep their own size per image: no stacking across images
+        if drop_last and len(dataset) < batch_size:
+            raise DataError(
+                f"{type(self).__name__}: the training split has {len(dataset)} samples, fewer than "
+                f"batch_size={batch_size}; with drop_last there would be no batch"
+            )
+        sampler: Sampler | None = None
+        if role != "train" and world > 1:
+            # Lightning's UnrepeatedDistributedSampler: no padding with duplicated samples.
+            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+        generator = torch.Generator().manual_seed(_derive_seed(self.seed, rank, _ROLE_CODES[role]))
+        if self.num_workers == 0:
+            dataset.set_random_seed(_derive_seed(self.seed, rank, _ROLE_CODES[role], 1 << 20))
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle if sampler is None else False,
+            sampler=sampler,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            collate_fn=collate_multitask,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            worker_init_fn=partial(seed_worker, base_seed=self.seed, rank=rank) if self.num_workers else None,
+            generator=generator,
+        )
