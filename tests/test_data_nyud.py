@@ -60,12 +60,16 @@ def test_forced_layout_and_undetectable_layout(tmp_path):
     for path in (fake.root / "images").iterdir():
         path.rename(path.with_suffix(".bmp"))
     with pytest.raises(DataError, match="layout"):
-        NYUDDataModule(str(fake.root), num_workers=0)
+        NYUDDataModule(str(fake.root), num_workers=0).setup("fit")
 
 
 def test_missing_root_names_the_source_and_the_demo(tmp_path):
+    module = NYUDDataModule(str(tmp_path / "NYUD_MT"))  # building needs no data (e.g. `mtlora summary`)
+    assert module.task_channels == {"semseg": 40, "depth": 1, "normals": 3, "edge": 1}
     with pytest.raises(DataRootNotFoundError) as info:
-        NYUDDataModule(str(tmp_path / "NYUD_MT"))
+        module.prepare_data()  # the first thing `fit` does
+    with pytest.raises(DataRootNotFoundError):
+        module.setup("fit")
     message = str(info.value)
     for expected in (
         str(tmp_path / "NYUD_MT"),

@@ -133,8 +133,12 @@ def test_only_files_of_the_chosen_tasks_are_read(fake):
 
 
 def test_missing_root_says_where_and_how_to_get_the_data(tmp_path):
+    module = PascalContextDataModule(str(tmp_path / "nowhere"))  # building needs no data (`mtlora summary`)
+    assert module.task_channels == {"semseg": 21, "human_parts": 7, "sal": 1, "normals": 3}
     with pytest.raises(DataRootNotFoundError) as info:
-        PascalContextDataModule(str(tmp_path / "nowhere"))
+        module.prepare_data()  # the first thing `fit` does
+    with pytest.raises(DataRootNotFoundError):
+        module.setup("fit")
     message = str(info.value)
     assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, DataError)
     for expected in (

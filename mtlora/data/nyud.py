@@ -214,29 +214,46 @@ class NYUDDataModule(MultiTaskDataModule):
         self.transform_options["scale_choices"] = tuple(scale_choices) if scale_choices else None
         self.build_transform(train=True)  # fail on bad augmentation options now, not in a worker
         self.root = Path(root).expanduser()
+        if layout not in ("auto", "NYUD_MT", "NYUDv2"):
+            raise ValueError(f"layout must be 'auto', 'NYUD_MT' or 'NYUDv2', got {layout!r}")
+        # the folder is checked when data is first needed (prepare_data/setup), so the module
+        # can be built without data, e.g. by `mtlora summary`
+        self._layout_option = layout
+        self._layout: Literal["NYUD_MT", "NYUDv2"] | None = None
+        self.save_hyperparameters()
+
+    def check_root(self) -> None:
+        """Fail with where the data is expected and where it comes from, if the folder is missing."""
         required = [self.root / "images", self.root / "gt_sets"]
         missing = [p for p in required if not p.is_dir()]
         if missing:
             raise _missing_root_error(self.root, missing)
-        if layout not in ("auto", "NYUD_MT", "NYUDv2"):
-            raise ValueError(f"layout must be 'auto', 'NYUD_MT' or 'NYUDv2', got {layout!r}")
-        self.layout: Literal["NYUD_MT", "NYUDv2"] = (
-            detect_nyud_layout(self.root) if layout == "auto" else layout
-        )
-        log.info("NYUD root %s: %s layout", self.root, self.layout)
-        self.save_hyperparameters()
+
+    @property
+    def layout(self) -> Literal["NYUD_MT", "NYUDv2"]:
+        if self._layout is None:
+            self.check_root()
+            option = self._layout_option
+            self._layout = detect_nyud_layout(self.root) if option == "auto" else option
+            log.info("NYUD root %s: %s layout", self.root, self._layout)
+        return self._layout
+
+    def prepare_data(self) -> None:
+        self.check_root()
 
     @property
     def semseg_classes(self) -> int:
         return NUM_SEMSEG_CLASSES
 
     def split_ids(self, split: str) -> list[str]:
+        self.check_root()
         return read_ids(self.root / "gt_sets" / f"{split}.txt")
 
     def make_reader(self, split: str) -> Reader:
         return NYUDReader(self.root, self.layout, self.tasks)
 
     def setup(self, stage: str | None = None) -> None:
+        self.check_root()
         missing = [
             f"{_TASK_FOLDER[task]}/ (task {task})"
             for task in self.tasks

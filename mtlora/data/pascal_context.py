@@ -327,14 +327,23 @@ class PascalContextDataModule(MultiTaskDataModule):
             skip_broken=skip_broken,
         )
         self.root = Path(root).expanduser()
-        _check_root(self.root)
+        # the folder is checked when data is first needed (prepare_data/setup), so the module
+        # can be built without data, e.g. by `mtlora summary`
         self.save_hyperparameters()
+
+    def check_root(self) -> None:
+        """Fail with where the data is expected and where it comes from, if the folder is missing."""
+        _check_root(self.root)
+
+    def prepare_data(self) -> None:
+        self.check_root()
 
     @property
     def semseg_classes(self) -> int:
         return NUM_SEMSEG_CLASSES
 
     def split_ids(self, split: str) -> list[str]:
+        self.check_root()
         return read_ids(self.root / "ImageSets" / "Context" / f"{split}.txt")
 
     def make_reader(self, split: str) -> Reader:
@@ -344,6 +353,7 @@ class PascalContextDataModule(MultiTaskDataModule):
         return PascalContextReader(self.root, self.tasks, person_ids)
 
     def setup(self, stage: str | None = None) -> None:
+        self.check_root()
         self._check_task_folders()
         super().setup(stage)
 
