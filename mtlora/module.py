@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, fields, is_dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
@@ -18,6 +18,7 @@ from torch import Tensor
 from mtlora.losses import MultiTaskLoss
 from mtlora.models.model import DecoderConfig, EncoderConfig, MultiTaskModel, parameter_counts
 from mtlora.models.plans import AdapterConfig
+from mtlora.weighting import build_weighting
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,10 @@ class MultiTaskModule(LightningModule):
             ``nyud_swin_t``) or ``{"task/metric": value}``; None disables ``val/delta_m``.
         edge_max_dist: edge ODS matching tolerance as a fraction of the image diagonal
             (PASCAL 0.0075, NYUD 0.011, as SEISM).
+        loss_weighting: how task losses combine: ``fixed`` (``loss_weights``, the paper's
+            recipe), ``uncertainty`` (Kendall et al. 2018, learnable log-variances, no weight
+            decay) or ``dwa`` (Dynamic Weight Average, Liu et al. 2019, T=2, on top of the fixed
+            weights); see :mod:`mtlora.weighting`. Logged as ``train/weight/<task>``.
     """
 
     def __init__(
@@ -90,6 +95,7 @@ class MultiTaskModule(LightningModule):
         batch_size: int = 32,
         delta_m_baseline: str | dict[str, float] | None = "pascal_context_swin_t",
         edge_max_dist: float = 0.0075,
+        loss_weighting: Literal["fixed", "uncertainty", "dwa"] = "fixed",
     ) -> None:
         super().__init__()
         if not task_channels:
@@ -106,6 +112,7 @@ class MultiTaskModule(LightningModule):
         self.model = MultiTaskModel(dict(task_channels), encoder, adapter, decoder, load_pretrained=False)
         self._pretrained_pending = bool(encoder.pretrained)
         self.criterion = MultiTaskLoss(self.tasks, loss_weights)
+        self.weighting = build_weighting(loss_weighting, self.tasks, self.criterion.weights)
         self.evaluators = torch.nn.ModuleDict()
         self._build_metrics(dict(task_channels))
         self.delta_m_tasks = self._delta_m_tasks(delta_m_baseline)
@@ -129,7 +136,7 @@ class MultiTaskModule(LightningModule):
 
     def _losses(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         losses = self.criterion(outputs, batch)
-        total = sum(self.criterion.weights[t] * losses[t] for t in self.tasks)
+        total = self.weighting(losses)
         return total, losses
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -138,6 +145,7 @@ class MultiTaskModule(LightningModule):
         bs = batch["image"].shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=bs)
         self.log_dict({f"train/{t}/loss": v.detach() for t, v in losses.items()}, batch_size=bs)
+        self.log_dict({f"train/weight/{t}": w for t, w in self.weighting.weights().items()}, batch_size=bs)
         return total
 
     def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
@@ -157,10 +165,11 @@ class MultiTaskModule(LightningModule):
     def _eval_epoch_end(self, stage: str) -> None:
         evaluator = self.evaluators[stage]
         results = evaluator.compute()  # collective under DDP: every rank calls it
-        self.log_dict({f"{stage}/{k}": v for k, v in results.items()}, sync_dist=False)
+        # values are already reduced over ranks by compute(); sync_dist only keeps Lightning quiet
+        self.log_dict({f"{stage}/{k}": v for k, v in results.items()}, sync_dist=True)
         dm = self._delta_m(results)
         if dm is not None:
-            self.log(f"{stage}/delta_m", dm, prog_bar=stage == "val")
+            self.log(f"{stage}/delta_m", dm, prog_bar=stage == "val", sync_dist=True)
         evaluator.reset()
 
     def _delta_m_tasks(self, baseline: str | dict[str, float] | None) -> list[str]:
@@ -187,6 +196,9 @@ class MultiTaskModule(LightningModule):
         from mtlora.metrics import delta_m_tensor
 
         return delta_m_tensor(results, self.hparams.delta_m_baseline, tasks=self.delta_m_tasks)
+
+    def on_train_epoch_end(self) -> None:
+        self.weighting.end_epoch(lambda t: self.trainer.strategy.reduce(t, reduce_op="mean"))
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
@@ -217,6 +229,7 @@ class MultiTaskModule(LightningModule):
             # official set_weight_decay: no decay for 1-D params and biases; relative position
             # bias tables (2-D) are decayed, as in the official MTLoRA code
             (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        no_decay += [p for p in self.weighting.parameters() if p.requires_grad]  # uncertainty log-variances
         scale = self.lr_scale()
         peak = self.hparams.lr * scale
         optimizer = torch.optim.AdamW(

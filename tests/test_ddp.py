@@ -25,9 +25,10 @@ def test_ddp_metrics_equal_single_process(tmp_path):
     cli = run_cli(["fit", "--config", str(CONFIG), "--trainer.max_steps", "3", "--trainer.limit_val_batches", "1",
                    "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path)])
     ckpt = next(Path(cli.trainer.log_dir).glob("checkpoints/*.ckpt"))
-    # 11 samples: the ranks get 6 and 5, so a padding sampler would count one image twice
-    common = ["--config", str(CONFIG), "--ckpt_path", str(ckpt), "--data.init_args.val_size", "11",
-              "--data.init_args.test_size", "11", "--data.init_args.batch_size", "3", "--trainer.accelerator", "cpu"]
+    # 7 samples in batches of 3: rank 0 gets 4 (2 batches), rank 1 gets 3 (1 batch); a padding
+    # sampler would count one image twice, and uneven batch counts must not hang
+    common = ["--config", str(CONFIG), "--ckpt_path", str(ckpt), "--data.init_args.val_size", "7",
+              "--data.init_args.test_size", "7", "--data.init_args.batch_size", "3", "--trainer.accelerator", "cpu"]
     for stage, name in (("validate", "val"), ("test", "test")):
         results = {}
         for devices in (1, 2):
