@@ -6,6 +6,7 @@ Every DataModule produces the batch convention of :mod:`mtlora.tasks` plus
 
 from mtlora.data.check import DataCheckReport, check_data_folder, format_report
 from mtlora.data.datamodule import MultiTaskDataModule, MultiTaskDataset, collate_multitask
+from mtlora.data.image_folder import ImageFolderDataModule
 from mtlora.data.io import DataError, DataRootNotFoundError
 from mtlora.data.nyud import NYUDDataModule
 from mtlora.data.pascal_context import PascalContextDataModule
@@ -16,6 +17,7 @@ __all__ = [
     "DataCheckReport",
     "DataError",
     "DataRootNotFoundError",
+    "ImageFolderDataModule",
     "MultiTaskDataModule",
     "MultiTaskDataset",
     "MultiTaskTransform",
