@@ -19,6 +19,15 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/mtlora fit --config configs/demo.yaml
 
+# every Table-1 baseline on synthetic data (CPU, ~10-15 min), then runs/baselines -> reports/baselines/
+baselines: install
+	$(PY) scripts/run_baselines.py --out runs/baselines --report reports/baselines
+
+# mtlora bench, standard setting (cuda: 448, batch 32, bf16; cpu: reduced size) -> benchmarks/RESULTS.md
+BENCH_DEVICE ?= cuda
+bench: install
+	$(PY) benchmarks/run_bench.py --device $(BENCH_DEVICE) --update-results
+
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 

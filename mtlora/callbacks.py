@@ -53,6 +53,19 @@ def run_dir(trainer: Trainer) -> Path:
     return Path(trainer.default_root_dir)
 
 
+def model_facts(pl_module: LightningModule) -> dict:
+    """Method label, adapter method, tasks and parameter counts of a run (read by ``mtlora report``)."""
+    model = getattr(pl_module, "model", None)
+    if model is None or not hasattr(model, "adapter_config"):
+        return {}
+    from mtlora.baselines import method_label
+    from mtlora.models.model import parameter_counts
+
+    counts = parameter_counts(model)
+    return {"method": method_label(model.adapter_config, model.tasks), "adapter_method": model.adapter_config.method,
+            "tasks": list(model.tasks), "trainable_params": counts["trainable"], "total_params": counts["total"]}
+
+
 class ResultsWriter(Callback):
     """Print the per-task metrics table and write ``<log_dir>/<stage>_results.json``."""
 
@@ -89,5 +102,6 @@ class ResultsWriter(Callback):
         ckpt = getattr(trainer, "ckpt_path", None)
         if ckpt:
             payload["ckpt_path"] = str(ckpt)
+        payload.update(model_facts(trainer.lightning_module))
         write_json_atomic(log_dir / f"{stage}_results.json", payload)
         log.info("wrote %s", log_dir / f"{stage}_results.json")

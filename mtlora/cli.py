@@ -12,9 +12,11 @@ import sys
 from typing import Any
 
 from lightning.pytorch import LightningModule
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from mtlora.callbacks import ResultsWriter
+from mtlora.checkpointing import prepare_trainer
 from mtlora.data import MultiTaskDataModule
 from mtlora.module import MultiTaskModule
 from mtlora.trainer import MTLoRATrainer
@@ -22,9 +24,13 @@ from mtlora.trainer import MTLoRATrainer
 EXTRA_SUBCOMMANDS: dict[str, set[str]] = {
     "summary": {"model", "datamodule"},
     "similarity": {"model", "datamodule"},
+    "bench": {"model", "datamodule"},
+    "export": {"model", "datamodule"},
+    "export_adapters": {"model", "datamodule"},
 }
 # extra subcommands that only inspect the model: no weight download, no data folder needed
-OFFLINE_SUBCOMMANDS = {"summary"}
+# (bench times randomly initialised variants; export takes its weights from the checkpoint)
+OFFLINE_SUBCOMMANDS = {"summary", "bench", "export", "export_adapters"}
 
 
 class MTLoRACLI(LightningCLI):
@@ -40,14 +46,27 @@ class MTLoRACLI(LightningCLI):
         parser.link_arguments("data.img_size", "model.encoder.img_size", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
         if self.subcommand in OFFLINE_SUBCOMMANDS:
-            config = self.config[self.subcommand]
             config.model.encoder.pretrained = None
+        if self.subcommand == "predict" and config.get("return_predictions") is None:
+            # panels are written as batches finish; keeping every full-resolution output in
+            # memory (Lightning's default) would not fit a whole validation split
+            config.return_predictions = False
 
     def instantiate_trainer(self, **kwargs: Any):
         trainer = super().instantiate_trainer(**kwargs)
+        # atomic checkpoint writes, weights-only loads, `fit --ckpt_path last` across logger versions
+        prepare_trainer(trainer, self.subcommand, self.config_init.get(self.subcommand))
         if self.subcommand in ("fit", "validate", "test"):
             trainer.callbacks.append(ResultsWriter())
+            from mtlora.wandb_callback import prepare_wandb  # no-op unless a WandbLogger is configured
+
+            prepare_wandb(trainer, self.model, self.datamodule, self.subcommand)
+        if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in trainer.callbacks):
+            from mtlora.predict_writer import PredictionPanelWriter
+
+            trainer.callbacks.append(PredictionPanelWriter())
         return trainer
 
 
@@ -60,6 +79,11 @@ def run_cli(args: list[str] | None = None) -> MTLoRACLI | None:
         status = data_main(argv[1:])
         if status:
             raise SystemExit(status)
+        return None
+    if argv[:1] == ["report"]:  # reads finished runs: no model, no data, so not a LightningCLI subcommand
+        from mtlora.report import report_main
+
+        report_main(argv[1:])
         return None
     return MTLoRACLI(
         MultiTaskModule,

@@ -14,10 +14,13 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
+from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
+from mtlora.checkpointing import capture_rng_state, check_checkpoint_fits, restore_rng_state
 from mtlora.losses import MultiTaskLoss
 from mtlora.models.model import DecoderConfig, EncoderConfig, MultiTaskModel, parameter_counts
 from mtlora.models.plans import AdapterConfig
+from mtlora.nonfinite import NonFiniteGuard
 from mtlora.weighting import build_weighting
 
 log = logging.getLogger(__name__)
@@ -77,6 +80,15 @@ class MultiTaskModule(LightningModule):
             recipe), ``uncertainty`` (Kendall et al. 2018, learnable log-variances, no weight
             decay) or ``dwa`` (Dynamic Weight Average, Liu et al. 2019, T=2, on top of the fixed
             weights); see :mod:`mtlora.weighting`. Logged as ``train/weight/<task>``.
+        compile: compile the model's forward with ``torch.compile(fullgraph=True)`` when the
+            Trainer sets the module up (in place: checkpoint keys are unchanged).
+        init_weights: initial weights loaded in ``setup()`` when no ``--ckpt_path`` is given:
+            an official MTLoRA checkpoint, an adapter-only ``.safetensors`` file (loaded on top of
+            ``encoder.pretrained``) or a Lightning ``.ckpt`` (model weights only); prefix
+            ``official:``/``adapters:``/``lightning:`` to force the kind (:mod:`mtlora.init_weights`).
+        max_nonfinite_steps: optimizer steps with a non-finite loss or gradient are skipped (with a
+            warning naming the tasks); more than this many in total stop the run
+            (:mod:`mtlora.nonfinite`).
     """
 
     def __init__(
@@ -96,6 +108,9 @@ class MultiTaskModule(LightningModule):
         delta_m_baseline: str | dict[str, float] | None = "pascal_context_swin_t",
         edge_max_dist: float = 0.0075,
         loss_weighting: Literal["fixed", "uncertainty", "dwa"] = "fixed",
+        compile: bool = False,
+        init_weights: str | None = None,
+        max_nonfinite_steps: int = 10,
     ) -> None:
         super().__init__()
         if not task_channels:
@@ -116,6 +131,9 @@ class MultiTaskModule(LightningModule):
         self.evaluators = torch.nn.ModuleDict()
         self._build_metrics(dict(task_channels))
         self.delta_m_tasks = self._delta_m_tasks(delta_m_baseline)
+        self._init_weights_pending = init_weights
+        self._rng_to_restore: dict | None = None
+        self.nonfinite = NonFiniteGuard(self.tasks, max_nonfinite_steps)
 
     # ------------------------------------------------------------------ metrics plumbing
     def _build_metrics(self, task_channels: dict[str, int]) -> None:
@@ -127,9 +145,22 @@ class MultiTaskModule(LightningModule):
             )
 
     def setup(self, stage: str) -> None:
-        if self._pretrained_pending and self.trainer.ckpt_path is None:
+        from mtlora.init_weights import load_init_weights, needs_pretrained_base
+
+        resuming = self.trainer.ckpt_path is not None
+        init = None if resuming else self._init_weights_pending
+        # full-model files replace the pretrained encoder anyway; adapter files go on top of it
+        if self._pretrained_pending and not resuming and (init is None or needs_pretrained_base(init)):
             self.model.load_pretrained()
+        if init:
+            load_init_weights(self.model, init)
         self._pretrained_pending = False
+        self._init_weights_pending = None
+
+    def configure_model(self) -> None:
+        # nn.Module.compile wraps the call, not the module, so parameter names stay the same
+        if self.hparams.get("compile", False) and self.model._compiled_call_impl is None:
+            self.model.compile(fullgraph=True)
 
     def forward(self, image: Tensor) -> dict[str, Tensor]:
         return self.model(image)
@@ -142,6 +173,7 @@ class MultiTaskModule(LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         outputs = self.model(batch["image"])
         total, losses = self._losses(outputs, batch)
+        self.nonfinite.record_losses(losses, total)  # device-side counters, no host sync
         bs = batch["image"].shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=bs)
         self.log_dict({f"train/{t}/loss": v.detach() for t, v in losses.items()}, batch_size=bs)
@@ -199,6 +231,46 @@ class MultiTaskModule(LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self.weighting.end_epoch(lambda t: self.trainer.strategy.reduce(t, reduce_op="mean"))
+        self._check_nonfinite()
+
+    # ------------------------------------------------------------------ reliability
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            mode = "count_only"  # 16-mixed: the GradScaler skips non-finite steps itself
+        else:
+            mode = "found_inf" if optimizer.defaults.get("fused") else "drop_grads"
+        world = self.trainer.world_size
+        reduce = (lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")) if world > 1 else None
+        self.nonfinite.before_optimizer_step(optimizer, mode, reduce)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.trainer.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+            self._check_nonfinite()  # host read only at logging intervals
+
+    def _check_nonfinite(self) -> None:
+        callback = self.trainer.checkpoint_callback
+        last = (getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")) or None
+        self.nonfinite.check(self.trainer.global_step, last)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # tensors and primitive values only: checkpoints stay loadable with weights_only=True
+        checkpoint["mtlora"] = {"rng": capture_rng_state(), "nonfinite": self.nonfinite.state_dict()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        path = self._trainer.ckpt_path if self._trainer is not None else None
+        check_checkpoint_fits(self.state_dict(), checkpoint, str(path or "checkpoint"), dict(self.hparams),
+                              strict=self.strict_loading)
+        extra = checkpoint.get("mtlora", {})
+        self._rng_to_restore = extra.get("rng")
+        self.nonfinite.load_state_dict(extra.get("nonfinite"))
+        self._pretrained_pending = False  # the checkpoint holds every weight
+        self._init_weights_pending = None
+
+    def on_train_start(self) -> None:
+        # after the sanity check, right before the first resumed step: same dropout/drop-path draws
+        if self._rng_to_restore is not None:
+            restore_rng_state(self._rng_to_restore, self.global_rank, self.trainer.world_size)
+            self._rng_to_restore = None
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
@@ -232,9 +304,11 @@ class MultiTaskModule(LightningModule):
         no_decay += [p for p in self.weighting.parameters() if p.requires_grad]  # uncertainty log-variances
         scale = self.lr_scale()
         peak = self.hparams.lr * scale
+        # fused: one kernel per step, and it skips non-finite steps on the device (mtlora.nonfinite)
+        fused = all(p.device.type in _get_fused_kernels_supported_devices() for p in decay + no_decay)
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=peak, betas=(0.9, 0.999), eps=1e-8,
+            lr=peak, betas=(0.9, 0.999), eps=1e-8, fused=fused or None,
         )
         total = int(self.trainer.estimated_stepping_batches)
         epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1

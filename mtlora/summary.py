@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -38,6 +40,13 @@ def summary_table(model: MultiTaskModel, img_size: int, with_macs: bool = True) 
         f"{'all':<24}{counts['total']:>14,}{counts['trainable']:>14,}",
         f"{'trainable share':<24}{'':>14}{100 * counts['trainable'] / counts['total']:>13.2f}%",
     ]
+    enc = model.encoder_config
+    if enc.arch == "swin_tiny" and enc.embed_dim is None and enc.depths is None and enc.num_heads is None:
+        from mtlora.baselines import paper_comparison  # Table 1 is Swin-T: tiny test encoders skip it
+
+        comparison = paper_comparison(model.adapter_config, model.tasks, counts)
+        result["paper"] = asdict(comparison)
+        lines += [""] + comparison.lines()
     if with_macs:
         macs = gmacs(model, img_size)
         result["gmacs"] = macs

@@ -17,11 +17,23 @@ from typing import Literal
 from torch import nn
 
 from mtlora.models.lora import LoRASpec, SharedMode, inject_lora
+from mtlora.models.peft import PEFT_METHODS, AdapterPosition, inject_peft
 from mtlora.models.swin import BlockKind, SwinEncoder
 
 log = logging.getLogger(__name__)
 
-Method = Literal["mtlora", "full", "decoders", "progressive"]
+Method = Literal[
+    "mtlora", "full", "decoders", "progressive", "bitfit", "houlsby", "compacter", "vpt_shallow", "vpt_deep"
+]
+
+# trainable-set flags left at None take these values (patch_embed, norms, position bias, merging, biases)
+_TRAIN_DEFAULTS: dict[str, tuple[bool, bool, bool, bool, bool]] = {
+    "bitfit": (False, False, True, False, True),  # every "*bias*" tensor: what Table 1's 2.85M counts
+    "houlsby": (False, True, False, False, False),  # Houlsby et al. also train the layer norms
+    "compacter": (False, True, False, False, False),  # Compacter also trains the layer norms
+    "vpt_shallow": (False, False, False, False, False),  # VPT: prompts (+ heads) only
+    "vpt_deep": (False, False, False, False, False),
+}
 
 LINEAR_TARGETS = ("qkv", "proj", "fc1", "fc2")
 
@@ -33,7 +45,10 @@ class AdapterConfig:
     Args:
         method: ``mtlora`` (TA-LoRA everywhere + TS-LoRA in the last block of every stage),
             ``full`` (full fine-tuning, no adapters), ``decoders`` (frozen encoder, train only the
-            decoders), ``progressive`` (shared -> task groups -> tasks, see ``groups``).
+            decoders), ``progressive`` (shared -> task groups -> tasks, see ``groups``); the
+            Table-1 baselines (one shared stream, :mod:`mtlora.models.peft`): ``bitfit`` (no
+            adapters: biases and position-bias tables train), ``houlsby`` (bottleneck
+            adapters), ``compacter`` (PHM adapters), ``vpt_shallow`` / ``vpt_deep`` (prompts).
         shared_rank: rank of the task-agnostic path, one value or one per stage.
         task_rank: rank of the task-specific paths (None: equal to ``shared_rank``, as the
             official MTLoRA+ r4/r8/r16 configs).
@@ -56,10 +71,20 @@ class AdapterConfig:
             (one stream per task from here on), or a list of task groups (one stream per group).
             Overrides what ``method`` would build.
         train_patch_embed / train_norms / train_relative_position_bias: unfreeze those
-            backbone parameters (official MTLoRA: all True).
+            backbone parameters (None: the method's default; ``mtlora``/``progressive``: True
+            as the official MTLoRA; ``bitfit``: position bias only; ``houlsby``/``compacter``:
+            norms only; VPT: none).
         train_patch_merging: unfreeze the dense patch-merging reductions (None: True unless
-            ``patch_merging``; official behaviour).
-        train_biases: also unfreeze every bias in the backbone (BitFit-style).
+            ``patch_merging`` (official behaviour); False for the baselines).
+        train_biases: also unfreeze every bias in the backbone (None: only for ``bitfit``).
+        adapter_reduction: ``houlsby``/``compacter``: bottleneck width = block width // this
+            (Swin widths grow per stage, so a factor, not a fixed width).
+        adapter_positions: ``houlsby``/``compacter``: where adapters go: ``attn`` (after the
+            attention projection), ``mlp`` (after the MLP); Compacter++ is ``[mlp]``.
+        prompt_tokens: ``vpt_*``: prompt tokens per prompted block (VPT/Polyhistor: 50).
+        compacter_n: ``compacter``: number ``n`` of shared ``n x n`` PHM rules (must divide
+            every block width and bottleneck).
+        compacter_rank: ``compacter``: rank of the per-layer PHM factors ``s_i t_i^T``.
     """
 
     method: Method = "mtlora"
@@ -75,11 +100,16 @@ class AdapterConfig:
     groups: list | None = None
     split_block: list[int | None] | None = None
     plan: list | None = None
-    train_patch_embed: bool = True
-    train_norms: bool = True
-    train_relative_position_bias: bool = True
+    train_patch_embed: bool | None = None
+    train_norms: bool | None = None
+    train_relative_position_bias: bool | None = None
     train_patch_merging: bool | None = None
-    train_biases: bool = False
+    train_biases: bool | None = None
+    adapter_reduction: int = 4
+    adapter_positions: list[AdapterPosition] = field(default_factory=lambda: ["attn", "mlp"])
+    prompt_tokens: int = 50
+    compacter_n: int = 4
+    compacter_rank: int = 1
 
 
 def per_stage(value, n: int, option: str) -> list:
@@ -176,7 +206,10 @@ def block_plans(cfg: AdapterConfig, tasks: list[str], depths: list[int]) -> list
     Streams may only split as they go deeper (each group inside one earlier group), and once
     the encoder has split into streams no block can be ``shared`` or ``branch`` again.
     """
-    if cfg.method in ("full", "decoders"):
+    if cfg.method in ("full", "decoders", "bitfit", *PEFT_METHODS):
+        if cfg.plan is not None and cfg.method not in ("full", "decoders"):
+            raise ValueError(f"adapter.plan: method {cfg.method!r} runs one shared stream; only mtlora and "
+                             "progressive take a sharing plan (set plan: null)")
         return [[BlockPlan() for _ in range(d)] for d in depths]
     if cfg.plan is not None:
         raw = cfg.plan
@@ -272,6 +305,10 @@ def apply_plan(encoder: SwinEncoder, cfg: AdapterConfig, tasks: list[str]) -> Pl
         else:
             stage_streams.append([0] * len(tasks))
     _set_stream_routes(encoder, plans)
+    if cfg.method in PEFT_METHODS:
+        wrapped += inject_peft(encoder, cfg.method, reduction=cfg.adapter_reduction,
+                               positions=cfg.adapter_positions, prompt_tokens=cfg.prompt_tokens,
+                               compacter_n=cfg.compacter_n, compacter_rank=cfg.compacter_rank)
     mark_trainable(encoder, cfg)
     return PlanReport(wrapped, plans, stage_streams)
 
@@ -299,15 +336,18 @@ def mark_trainable(encoder: nn.Module, cfg: AdapterConfig) -> None:
     if cfg.method == "full":
         encoder.requires_grad_(True)
         return
-    train_merging = cfg.train_patch_merging if cfg.train_patch_merging is not None else not cfg.patch_merging
+    flags = (cfg.train_patch_embed, cfg.train_norms, cfg.train_relative_position_bias, cfg.train_patch_merging,
+             cfg.train_biases)
+    defaults = _TRAIN_DEFAULTS.get(cfg.method, (True, True, True, not cfg.patch_merging, False))
+    embed, norms, rpb, train_merging, biases = (d if f is None else f for f, d in zip(flags, defaults))
     lora = cfg.method != "decoders"
     for name, p in encoder.named_parameters():
         leaf = name.rsplit(".", 1)[-1]
         p.requires_grad = bool(
-            (lora and ".lora_" in f".{name}")
-            or (lora and cfg.train_patch_embed and name.startswith("patch_embed."))
-            or (lora and cfg.train_norms and (".norm" in f".{name}" or "lora_norm" in name))
-            or (lora and cfg.train_relative_position_bias and leaf == "relative_position_bias_table")
+            (lora and (".lora_" in f".{name}" or ".peft_" in f".{name}"))
+            or (lora and embed and name.startswith("patch_embed."))
+            or (lora and norms and (".norm" in f".{name}" or "lora_norm" in name))
+            or (lora and rpb and leaf == "relative_position_bias_table")
             or (lora and train_merging and re.search(r"downsample\.reduction\.(linear\.)?weight$", name))
-            or (cfg.train_biases and leaf == "bias")
+            or (biases and leaf == "bias")
         )

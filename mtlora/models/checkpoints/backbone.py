@@ -68,7 +68,7 @@ def _convert_swin(state_dict: Mapping[str, Tensor]) -> tuple[SwinFormat, Convert
 
 
 def _is_adapter_key(key: str) -> bool:
-    return ".lora_" in f".{key}"
+    return ".lora_" in f".{key}" or ".peft_" in f".{key}"  # LoRA paths; adapters/prompts of models/peft.py
 
 
 def load_pretrained_backbone(
