@@ -7,7 +7,6 @@ tensor clamped at 1, so a batch without a single labelled pixel for a task gives
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -35,7 +34,7 @@ def balanced_bce_loss(logits: Tensor, target: Tensor, pos_weight: float | None =
     if pos_weight is None:
         w = negatives.sum() / valid.sum().clamp_min(1)
     else:
-        w = torch.as_tensor(pos_weight, device=logits.device)
+        w = float(pos_weight)  # a Python scalar: a device tensor made from it is a blocking host->GPU copy
     # -log sigmoid(x) and -log(1 - sigmoid(x)) in a numerically stable form.
     loss_pos = F.softplus(-logits)
     loss_neg = F.softplus(logits)

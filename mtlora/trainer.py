@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Literal
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 
@@ -83,3 +84,100 @@ class MTLoRATrainer(Trainer):
         print(f"similarity took {result.seconds:.1f}s for {result.batches} batches "
               f"(~{100 * report['overhead_fraction_of_epoch']:.1f}% of one training epoch); wrote {out}/plan.yaml")
         return report
+
+    def bench(self, model: LightningModule, datamodule: LightningDataModule | None = None,
+              batch_size: int | None = None, img_size: int | None = None, steps: int = 20, warmup: int = 5,
+              precision: Literal["auto", "bf16", "fp32"] = "auto", compile: bool = False,
+              variants: list[Literal["config", "full", "decoders", "checkpointing"]] | None = None,
+              peak_tflops: float | None = None, inference: bool = True, repeats: int = 1,
+              json_out: str | None = None) -> dict:
+        """Measure training/inference throughput, peak memory and MFU against full FT and decoders-only.
+
+        Runs on the trainer's device (``--trainer.accelerator cpu|gpu``) with synthetic inputs;
+        see :mod:`mtlora.bench` for the definitions.
+
+        Args:
+            batch_size: images per step (default: 32 on CUDA, 2 elsewhere).
+            img_size: input size (default: the config's; must fit the Swin windows).
+            steps: timed steps per measurement, after ``warmup`` untimed ones.
+            warmup: untimed steps first (compilation happens here).
+            precision: ``bf16`` autocast, ``fp32``, or ``auto`` (bf16 on CUDA, fp32 elsewhere).
+            compile: also measure ``torch.compile(fullgraph=True)`` training and inference.
+            variants: ``config`` (as configured), ``full`` (full fine-tuning), ``decoders``
+                (frozen encoder), ``checkpointing`` (config + gradient checkpointing);
+                default: config, full, decoders.
+            peak_tflops: device peak for MFU where the built-in table does not know it (CPUs).
+            inference: also measure inference (eager, compiled, merged).
+            repeats: measure all variants this many times in turn and keep the best of each
+                (for shared machines, whose other load only ever slows a run down).
+            json_out: write the report to this JSON file.
+        """
+        from mtlora.bench import BenchSettings, format_report, run_bench
+        from mtlora.callbacks import write_json_atomic
+
+        device = self.strategy.root_device
+        settings = BenchSettings(
+            batch_size=batch_size or (32 if device.type == "cuda" else 2), img_size=img_size, steps=steps,
+            warmup=warmup, precision=precision, compile=compile, variants=list(variants or BenchSettings().variants),
+            peak_tflops=peak_tflops, inference=inference, repeats=repeats,
+        )
+        report = run_bench(model.model, model.criterion, settings, device)
+        print(format_report(report))
+        if json_out:
+            write_json_atomic(Path(json_out), report)
+        return report
+
+    def export(self, model: LightningModule, ckpt_path: str, datamodule: LightningDataModule | None = None,
+               out: str = "export", program: bool = True) -> dict:
+        """Write an inference model with merged adapters: model.safetensors + config.json (+ model.pt2).
+
+        The weights and the architecture come from the Lightning checkpoint (loaded weights-only);
+        the ``--config`` only has to describe the same task set.
+
+        Args:
+            ckpt_path: Lightning checkpoint (``.ckpt``) of a trained model.
+            out: output directory.
+            program: also write a ``torch.export`` program (``model.pt2``) that runs with PyTorch
+                alone (``torch.export.load(path).module()(images)``).
+        """
+        from mtlora.export import export_model
+        from mtlora.module import MultiTaskModule
+
+        loaded = MultiTaskModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
+        if list(loaded.tasks) != list(model.tasks):
+            log.warning("checkpoint tasks %s differ from the config's %s; exporting the checkpoint's",
+                        loaded.tasks, model.tasks)
+        config = export_model(loaded.model, out, program=program)
+        merged = config["merged"]
+        print(f"exported {ckpt_path} -> {out}: {len(merged['shared'])} layers with the shared path merged, "
+              f"{len(merged['stream_paths'])} stream layers merged, {len(merged['low_rank_paths'])} branch layers "
+              f"keep low-rank task paths; files: {', '.join(f for f in config['files'].values() if f)}")
+        return config
+
+    def export_adapters(self, model: LightningModule, ckpt_path: str, out: str = "adapters.safetensors",
+                        datamodule: LightningDataModule | None = None) -> dict:
+        """Write the trained part of a checkpoint (adapters, norms, heads) as a small safetensors file.
+
+        The file holds the trainable parameters and the heads' BatchNorm statistics, the
+        architecture, the ``encoder.pretrained`` source and a SHA-256 of the frozen base weights
+        (see :mod:`mtlora.adapters_io`).  Use it with ``--model.init_weights <out>`` on the same
+        pretrained weights; another base is refused.
+
+        Args:
+            ckpt_path: Lightning checkpoint (``.ckpt``) of a trained model (loaded weights-only).
+            out: adapter file to write (``.safetensors``).
+        """
+        from mtlora.adapters_io import save_adapters
+        from mtlora.checkpointing import load_lightning_checkpoint
+        from mtlora.module import MultiTaskModule
+
+        try:
+            loaded = MultiTaskModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
+        except Exception:
+            load_lightning_checkpoint(ckpt_path)  # names the file: missing, truncated, corrupt, unsafe
+            raise
+        metadata = save_adapters(loaded.model, out)
+        size = Path(out).stat().st_size
+        print(f"wrote {out}: {size / 1e6:.2f} MB, {int(metadata['trainable_parameters']):,} trainable parameters "
+              f"(base {metadata['base_source'] or 'random init'}, sha256 {metadata['base_sha256'][:12]}...)")
+        return {"out": out, "bytes": size, **{k: v for k, v in metadata.items() if k != "config"}}

@@ -20,6 +20,12 @@ Three forwards serve the three ways a block can use the layer:
   reads the *shared* input and only the low-rank update reads the task input.
 * ``forward_streams(xs)``: independent streams (progressive plans) — stream ``p`` is a full
   forward of the frozen weight plus path ``p``'s update on its own input.
+
+Merging for inference: :meth:`MultiPathLoRALinear.merge` folds the shared path into the frozen
+weight; :meth:`MultiPathLoRALinear.merge_paths` additionally folds every stream path into a
+stacked dense weight ``(P, out, in)`` used by ``forward_streams`` (one batched GEMM per layer
+instead of a dense GEMM plus two low-rank ones).  Which layers take which merge is decided per
+block kind in :mod:`mtlora.models.merging`.
 """
 
 from __future__ import annotations
@@ -92,6 +98,9 @@ class MultiPathLoRALinear(nn.Module):
             self.lora_paths_A = nn.Parameter(torch.empty(n, self.path_rank, self.in_features))
             self.lora_paths_B = nn.Parameter(torch.zeros(n, self.out_features, self.path_rank))
             _kaiming_like_linear(self.lora_paths_A.data)
+        # (P, out, in) stream weights with the paths folded in; None until merge_paths()
+        self.merged_paths_weight: Tensor | None
+        self.register_buffer("merged_paths_weight", None)
 
     # ------------------------------------------------------------------ low-rank pieces
     @property
@@ -101,6 +110,18 @@ class MultiPathLoRALinear(nn.Module):
     def shared_delta(self, x_dropped: Tensor) -> Tensor:
         """``s * B A x`` of the shared path; ``x_dropped`` is the already dropped-out input."""
         return (x_dropped @ self.lora_shared_A.t() @ self.lora_shared_B.t()) * self.shared_scale
+
+    def add_shared(self, out: Tensor, x_dropped: Tensor, sign: float = 1.0) -> Tensor:
+        """``out + sign * s * B A x`` with the second low-rank GEMM and the add fused (``addmm``).
+
+        Same value as ``out + sign * shared_delta(x)``, but the full-width ``(M, out)`` update
+        is never materialised, scaled and added in separate passes: the scale rides on the
+        GEMM's ``alpha`` and the sum is written once.
+        """
+        h = x_dropped.reshape(-1, self.in_features) @ self.lora_shared_A.t()  # (M, r)
+        y = torch.addmm(out.reshape(-1, self.out_features), h, self.lora_shared_B.t(),
+                        alpha=sign * self.shared_scale)
+        return y.view(out.shape)
 
     def path_deltas(self, u: Tensor, base: Tensor, per_path: bool) -> Tensor:
         """``base + s_p * B_p A_p u_p`` for every path ``p``, as ``(P, ..., out)``.
@@ -127,7 +148,7 @@ class MultiPathLoRALinear(nn.Module):
             return self.forward_branch(x)[0]
         out = self.linear(x)
         if self.shared_rank > 0 and not self.merged:
-            out = out + self.shared_delta(self.dropout(x))
+            out = self.add_shared(out, self.dropout(x))
         return out
 
     def forward_branch(self, x: Tensor, x_paths: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -150,10 +171,10 @@ class MultiPathLoRALinear(nn.Module):
             return base + self.lora_norm(paths.sum(0)), paths
         shared = base
         if self.shared_rank > 0 and not self.merged:
-            shared = base + self.shared_delta(x_drop)
+            shared = self.add_shared(base, x_drop)
         elif self.shared_rank > 0 and self.mode == "matrix":
             # merged weights contain the shared update, which matrix-mode path outputs exclude
-            base = base - self.shared_delta(x)
+            base = self.add_shared(base, x, sign=-1.0)
         path_base = shared if self.mode == "matrixv2" else base
         paths = self.path_deltas(u, path_base.unsqueeze(0).expand(self.num_paths, *path_base.shape), per_path)
         return shared, paths
@@ -162,10 +183,16 @@ class MultiPathLoRALinear(nn.Module):
         """Independent streams ``(P, ..., in)``: ``W x_p + b + s_p B_p A_p dropout(x_p)``."""
         if xs.shape[0] != self.num_paths:
             raise ValueError(f"expected {self.num_paths} streams ({self.path_names}), got {xs.shape[0]}")
+        if self.merged_paths_weight is not None:  # every path folded into its own dense weight
+            flat = xs.reshape(self.num_paths, -1, self.in_features)  # (P, M, in)
+            weight = self.merged_paths_weight.transpose(1, 2)  # (P, in, out)
+            bias = self.linear.bias
+            out = torch.bmm(flat, weight) if bias is None else torch.baddbmm(bias, flat, weight)
+            return out.view(*xs.shape[:-1], self.out_features)
         base = self.linear(xs)
         xs_drop = self.dropout(xs)
         if self.shared_rank > 0 and not self.merged:
-            base = base + self.shared_delta(xs_drop)
+            base = self.add_shared(base, xs_drop)
         return self.path_deltas(xs_drop, base, per_path=True)
 
     # ------------------------------------------------------------------ merging
@@ -190,6 +217,31 @@ class MultiPathLoRALinear(nn.Module):
             with torch.no_grad():
                 self.linear.weight -= self.shared_weight_delta().to(self.linear.weight.dtype)
         self.merged = False
+
+    def path_weight_deltas(self) -> Tensor:
+        """The dense ``(P, out, in)`` updates ``s_p B_p A_p`` of the stream paths."""
+        return torch.bmm(self.lora_paths_B, self.lora_paths_A) * self.path_scale
+
+    def merge_paths(self) -> None:
+        """Fold every stream path into a stacked dense weight ``W (+ shared) + s_p B_p A_p``.
+
+        Only :meth:`forward_streams` uses it (exact in eval mode, where dropout is the
+        identity); ``forward_branch`` keeps its low-rank paths because there the frozen
+        weight reads the shared input and only the paths read the task inputs.  The stack is
+        a persistent buffer, so a merged model's state dict (and an export) carries it.
+        """
+        if self.merged_paths_weight is not None or not self.path_names:
+            return
+        with torch.no_grad():
+            weight = self.linear.weight
+            if self.shared_rank > 0 and not self.merged:
+                weight = weight + self.shared_weight_delta().to(weight.dtype)
+            stacked = weight.unsqueeze(0) + self.path_weight_deltas().to(weight.dtype)
+        self.merged_paths_weight = stacked.detach()
+
+    def unmerge_paths(self) -> None:
+        """Undo :meth:`merge_paths` (the low-rank paths were never modified)."""
+        self.merged_paths_weight = None
 
     def extra_repr(self) -> str:
         return (

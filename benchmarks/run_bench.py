@@ -1,0 +1,228 @@
+"""The standard ``mtlora bench`` measurement, recorded in benchmarks/RESULTS.md.
+
+Runs the ``mtlora bench`` command (so the recorded command is exactly what ran) on Swin-T MTLoRA
+r16 (configs/swin_tiny_r16.yaml) against full fine-tuning, decoders-only and MTLoRA with gradient
+checkpointing, with one of two presets:
+
+* ``--device cuda``: the issue's setting: 448x448, batch 32, bf16 autocast, eager and
+  ``torch.compile``, 20 timed steps after 5 warm-up steps.
+* ``--device cpu``: a reduced size a CPU finishes in minutes: 224x224, batch 2, fp32, eager,
+  3 timed steps after 1 warm-up, every variant measured twice in turn (best run kept).
+
+Optionally (``--flops-at 448``) it also counts the model FLOPs per image of every variant at
+another input size (FlopCounterMode on CPU; a count, not a timing, so the machine does not matter).
+With ``--update-results`` the section "## Training and inference (mtlora bench)" of
+benchmarks/RESULTS.md is replaced (other sections are kept).
+
+    python benchmarks/run_bench.py --device cuda --update-results
+    OMP_NUM_THREADS=1 python benchmarks/run_bench.py --device cpu --flops-at 448 --update-results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTION = "## Training and inference (mtlora bench)"
+CONFIG = "configs/swin_tiny_r16.yaml"
+VARIANTS = "[config, full, decoders, checkpointing]"
+PRESET_ORDER = ("config", "full", "decoders", "checkpointing")
+PRESETS: dict[str, list[str]] = {
+    "cuda": [
+        "--trainer.accelerator",
+        "gpu",
+        "--trainer.devices",
+        "1",
+        "--batch_size",
+        "32",
+        "--precision",
+        "bf16",
+        "--compile",
+        "true",
+        "--steps",
+        "20",
+        "--warmup",
+        "5",
+    ],
+    "cpu": [
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "1",
+        "--img_size",
+        "224",
+        "--batch_size",
+        "2",
+        "--precision",
+        "fp32",
+        "--compile",
+        "false",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--repeats",
+        "2",
+    ],
+}
+
+
+def bench_command(device: str, json_out: Path, extra: list[str]) -> list[str]:
+    """The ``mtlora bench`` command line of a preset."""
+    json_arg = json_out.relative_to(ROOT) if json_out.is_relative_to(ROOT) else json_out
+    return [
+        sys.executable,
+        "-m",
+        "mtlora.cli",
+        "bench",
+        "--config",
+        CONFIG,
+        *PRESETS[device],
+        "--variants",
+        VARIANTS,
+        "--json_out",
+        str(json_arg),
+        *extra,
+    ]
+
+
+def count_flops(img_size: int) -> dict[str, dict[str, float]]:
+    """Training and forward FLOPs per image of every variant at ``img_size`` (counted, not timed)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mtlora.bench import build_variant, synthetic_batch, train_flops_per_image
+    from mtlora.losses import MultiTaskLoss
+    from mtlora.models.merging import merge_model
+    from mtlora.models.model import EncoderConfig, MultiTaskModel
+    from mtlora.models.plans import AdapterConfig
+
+    channels = {"semseg": 21, "human_parts": 7, "sal": 1, "normals": 3}  # PASCAL-Context, as the config
+    template = MultiTaskModel(
+        channels, EncoderConfig(img_size=img_size), AdapterConfig(), load_pretrained=False
+    )
+    criterion = MultiTaskLoss(list(channels))
+    batch = synthetic_batch(channels, 1, img_size, torch.device("cpu"))
+    out = {}
+    for variant in ("config", "full", "decoders"):
+        model = build_variant(template, variant)
+        train, forward = train_flops_per_image(model, criterion, batch, "fp32")
+        out[variant] = {"method": model.adapter_config.method, "train": train, "forward": forward}
+        if variant == "config":  # what inference costs once the adapters are merged
+            merge_model(model.eval())
+            with FlopCounterMode(display=False) as counter, torch.no_grad():
+                model(batch["image"])
+            out[variant]["forward_merged"] = float(counter.get_total_flops())
+    return out
+
+
+def section(report: dict) -> str:
+    """Markdown for RESULTS.md from a bench report."""
+    from mtlora.bench import format_report
+
+    d, s, g = report["device"], report["settings"], report["git"]
+    cmd, load = report["run"]["command"], report["run"]["load_average"]
+    flops_at = report.get("flops_at") or {}
+    flops, flops_size = flops_at.get("variants"), flops_at.get("img_size")
+    lines = [
+        SECTION,
+        "",
+        f"Measured {report['run'].get('date', '?')} by `benchmarks/run_bench.py` on **{d['name']}** ({d['type']}, "
+        f"{d['cpu_count']} cores visible, {d['torch_threads']} torch threads), torch {report['torch']}, git "
+        f"`{g['commit']}`{' + uncommitted changes' if g['dirty'] else ''}.  Load average before/after: "
+        f"{load[0]:.1f} / {load[1]:.1f}.",
+        "",
+        f"Input {s['img_size']}x{s['img_size']}, batch {s['batch_size']}, {s['precision']}, {s['warmup']} warm-up + "
+        f"{s['steps']} timed steps, best of {s['repeats']} round(s).  Command:",
+        "",
+        "```",
+        cmd,
+        "```",
+        "",
+        "```",
+        format_report(report),
+        "```",
+        "",
+    ]
+    if flops:
+        full = flops["full"]["train"]
+        lines += [
+            f"Model FLOPs per image at {flops_size}x{flops_size} (FlopCounterMode, forward+loss+backward in train "
+            "mode; device-independent):",
+            "",
+            "| variant | method | training GFLOP | forward GFLOP | merged forward GFLOP | training FLOPs vs full FT |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for name, f in sorted(flops.items(), key=lambda item: list(PRESET_ORDER).index(item[0])):
+            merged = f.get("forward_merged")
+            lines.append(
+                f"| {name} | {f['method']} | {f['train'] / 1e9:.1f} | {f['forward'] / 1e9:.1f} | "
+                f"{'-' if merged is None else format(merged / 1e9, '.1f')} | {f['train'] / full:.3f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def update_results(text: str) -> Path:
+    """Replace (or append) this script's section of RESULTS.md, keeping every other section."""
+    path = ROOT / "benchmarks" / "RESULTS.md"
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    start = old.find(SECTION)
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        end = old.find("\n## ", start + len(SECTION))
+        new = old[:start] + text + ("\n" + old[end + 1 :] if end >= 0 else "")
+    path.write_text(new.rstrip("\n") + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=sorted(PRESETS), default="cuda")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON report (default benchmarks/results/<device>.json)"
+    )
+    parser.add_argument("--flops-at", type=int, default=None, help="also count FLOPs per image at this size")
+    parser.add_argument("--update-results", action="store_true", help="rewrite this section of RESULTS.md")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="render a report this script wrote earlier (no measurement)",
+    )
+    parser.add_argument("extra", nargs="*", help="more `mtlora bench` arguments (after --)")
+    args = parser.parse_args(argv)
+    if args.from_json:
+        report = json.loads(args.from_json.read_text())
+    else:
+        out = (args.out or ROOT / "benchmarks" / "results" / f"{args.device}.json").resolve()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        command = bench_command(args.device, out, args.extra)
+        before = os.getloadavg()[0]
+        subprocess.run(command, cwd=ROOT, check=True)
+        report = json.loads(out.read_text())
+        report["run"] = {
+            "command": shlex.join(["python" if c == sys.executable else c for c in command]),
+            "load_average": [before, os.getloadavg()[0]],
+            "date": time.strftime("%Y-%m-%d"),
+        }
+        if args.flops_at:
+            report["flops_at"] = {"img_size": args.flops_at, "variants": count_flops(args.flops_at)}
+        out.write_text(json.dumps(report, indent=2, sort_keys=True))
+    text = section(report)
+    print(text)
+    if args.update_results:
+        print(f"updated {update_results(text)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,725 @@
+"""Training and inference benchmark of one configuration against its baselines (``mtlora bench``).
+
+For the configured architecture :func:`run_bench` builds up to four variants — the config as is
+(``config``), full fine-tuning (``full``), decoders only (``decoders``) and the config with
+gradient checkpointing (``checkpointing``) — and measures on one device, with synthetic
+inputs and targets so that no data loading is timed:
+
+* **training**: images/s of forward + loss (:class:`~mtlora.losses.MultiTaskLoss`) + backward +
+  AdamW step on the trainable parameters, after warm-up, timed between device synchronisations
+  (no host synchronisation inside the timed loop); optionally also under ``torch.compile``.
+* **peak memory** of training: ``torch.cuda.max_memory_allocated`` on CUDA (weights, gradients,
+  optimizer state and activations); on CPU the growth of the process' peak resident set
+  (``VmHWM``, reset through ``/proc/self/clear_refs``) over the resident set before the variant
+  was built — an approximation that also counts allocator caching; None where ``/proc`` lacks it.
+* **inference** (eval mode, ``inference_mode``): eager, ``torch.compile(fullgraph=True)``, and
+  with the adapters merged (:mod:`mtlora.models.merging`), eager and compiled; the merged and
+  compiled outputs are compared with eager ones (max abs difference is reported).
+* **host synchronisations** of one training step, outside the timed loop: tensor values read
+  into Python during forward + loss + backward (:class:`ValueReadCounter`, any device), and on
+  CUDA the synchronising calls of a whole step per ``torch.cuda.set_sync_debug_mode``.
+* **model FLOPs utilisation**: training FLOPs per image / step time / device peak.  The FLOPs
+  are those a training step actually needs, counted by :class:`torch.utils.flop_counter.FlopCounterMode`
+  around forward + loss + backward of one image in train mode without gradient checkpointing
+  (matmuls, convolutions, attention; element-wise work is not counted, as usual for MFU).  For
+  full fine-tuning that is about 3x the forward; for PEFT the backward through frozen weights
+  has no weight-gradient GEMMs and stops below the lowest trainable parameter, so it is less.
+  Recomputation by checkpointing is not model FLOPs, hence counted without it.  The peak comes
+  from :data:`PEAK_TFLOPS` for known GPUs (dense, no sparsity) or ``peak_tflops``; unknown
+  devices (CPUs) report MFU as None.
+
+Throughput numbers depend on the machine; the JSON records the device, the settings and the git
+commit.  Adapter B matrices (zero at init) are given small random values first, so that the
+merged-vs-unmerged comparison checks something.
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import gc
+import logging
+import os
+import platform
+import subprocess
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from mtlora.losses import MultiTaskLoss
+from mtlora.models.merging import merge_model
+from mtlora.models.model import MultiTaskModel, parameter_counts
+from mtlora.tasks import IGNORE_INDEX, task_info
+
+log = logging.getLogger(__name__)
+
+Variant = Literal["config", "full", "decoders", "checkpointing"]
+Precision = Literal["auto", "bf16", "fp32"]
+
+# Dense peak TFLOP/s (no structured sparsity) by name fragment, first match wins; bf16 = tensor
+# cores with fp32 accumulation, fp32 = plain fp32 (PyTorch leaves TF32 off for matmuls by default).
+PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
+    ("H100 PCIe", {"bf16": 756.0, "fp32": 51.0}),
+    ("H100 NVL", {"bf16": 835.0, "fp32": 60.0}),
+    ("H100", {"bf16": 989.0, "fp32": 67.0}),  # SXM
+    ("H200", {"bf16": 989.0, "fp32": 67.0}),
+    ("GH200", {"bf16": 989.0, "fp32": 67.0}),
+    ("A100", {"bf16": 312.0, "fp32": 19.5}),
+    ("L40S", {"bf16": 362.0, "fp32": 91.6}),
+    ("A10G", {"bf16": 70.0, "fp32": 31.2}),
+    ("L4", {"bf16": 121.0, "fp32": 30.3}),
+]
+
+TARGETS = {
+    "train_speedup_vs_full": 1.2,  # >=
+    "train_memory_vs_full": 0.6,  # <=
+    "merged_inference_vs_plain": 0.95,  # >=
+    "train_mfu": 0.35,  # >=
+}
+
+
+@dataclass
+class BenchSettings:
+    """What to measure; see ``mtlora bench --help`` for the meaning of each field."""
+
+    batch_size: int = 32
+    img_size: int | None = None
+    steps: int = 20
+    warmup: int = 5
+    precision: Precision = "auto"
+    compile: bool = False
+    variants: list[Variant] = field(default_factory=lambda: ["config", "full", "decoders"])
+    peak_tflops: float | None = None
+    inference: bool = True
+    repeats: int = 1
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------------------------- device
+def resolve_precision(precision: Precision, device: torch.device) -> Literal["bf16", "fp32"]:
+    """``auto``: bf16 autocast on a CUDA device that supports it, fp32 elsewhere."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def device_name(device: torch.device) -> str:
+    """GPU name, or the CPU model from ``/proc/cpuinfo`` (``platform.processor()`` is often empty)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_peak_tflops(
+    device: torch.device, precision: str, override: float | None = None
+) -> tuple[float | None, str]:
+    """Peak dense TFLOP/s of ``device`` at ``precision`` and where the number came from."""
+    if override is not None:
+        return float(override), "user (--peak_tflops)"
+    if device.type != "cuda":
+        return None, "unknown peak (pass --peak_tflops)"
+    name = device_name(device)
+    for fragment, peaks in PEAK_TFLOPS:
+        if fragment in name:
+            return peaks[precision], f"table: {fragment} {precision} dense"
+    return None, f"unknown peak for {name!r} (pass --peak_tflops)"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def git_commit() -> dict[str, str | bool | None]:
+    """Short commit of the library's checkout and whether the working tree differs from it."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = (
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=10,
+            ).stdout.strip()
+            != ""
+        )
+        return {"commit": commit, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+class MemoryMeter:
+    """Peak memory of one phase: CUDA allocator peak, or peak RSS growth of the process on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.baseline = 0
+        self.kind = "cuda_max_memory_allocated" if device.type == "cuda" else "cpu_peak_rss_growth"
+
+    @staticmethod
+    def _proc_status(key: str) -> int | None:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+        return None
+
+    @staticmethod
+    def release() -> None:
+        """Free what earlier phases left behind so that they do not hide this phase's growth."""
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        try:  # glibc keeps freed blocks; give them back so RSS growth is visible again
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+    def mark_baseline(self) -> None:
+        """Call before the variant is built: its weights count towards the peak."""
+        self.release()
+        if self.device.type == "cuda":
+            self.baseline = torch.cuda.memory_allocated(self.device)
+        else:
+            self.baseline = self._proc_status("VmRSS") or 0
+
+    def reset_peak(self) -> None:
+        """Call right before the measured phase."""
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        except OSError:
+            self.baseline = -1
+
+    def peak(self) -> int | None:
+        """Bytes above the baseline at the peak of the phase (None where not measurable)."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) - self.baseline
+        hwm = self._proc_status("VmHWM")
+        if hwm is None or self.baseline < 0:
+            return None
+        return max(0, hwm - self.baseline)
+
+
+class ValueReadCounter(TorchDispatchMode):
+    """Counts reads of tensor values into Python (``.item()``, ``bool(t)``, ``.tolist()``).
+
+    On a GPU each such read is a host synchronisation; counting them at the dispatcher finds
+    them on any device, CPU included, so tests can assert their absence without a GPU.
+    """
+
+    READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.READS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def cuda_sync_warnings(fn: Callable[[], object], device: torch.device) -> int | None:
+    """Synchronising CUDA calls made by ``fn`` per ``torch.cuda.set_sync_debug_mode``; None off CUDA."""
+    if device.type != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message).lower() for w in caught)
+
+
+# ---------------------------------------------------------------------------------------- inputs
+def synthetic_batch(
+    task_channels: dict[str, int], batch_size: int, img_size: int, device: torch.device, seed: int = 0
+) -> dict[str, Tensor]:
+    """Random image and targets in the batch convention of :mod:`mtlora.tasks` (5% ignored pixels)."""
+    g = torch.Generator().manual_seed(seed)
+    b, s = batch_size, img_size
+    batch: dict[str, Tensor] = {"image": torch.randn(b, 3, s, s, generator=g)}
+    ignore = torch.rand(b, 1, s, s, generator=g) < 0.05
+    for task, channels in task_channels.items():
+        kind = task_info(task).kind
+        if kind == "segmentation":
+            target = torch.randint(0, channels, (b, s, s), generator=g)
+            target[ignore[:, 0]] = IGNORE_INDEX
+        elif kind == "binary":
+            target = (torch.rand(b, 1, s, s, generator=g) > 0.7).float()
+            target[ignore] = IGNORE_INDEX
+        elif kind == "normals":
+            target = torch.nn.functional.normalize(torch.randn(b, 3, s, s, generator=g), dim=1)
+            target[ignore.expand_as(target)] = IGNORE_INDEX
+        else:
+            target = torch.rand(b, 1, s, s, generator=g) * 10
+            target[ignore] = IGNORE_INDEX
+        batch[task] = target
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def build_variant(template: MultiTaskModel, variant: Variant, img_size: int | None = None) -> MultiTaskModel:
+    """A freshly initialised model of ``template``'s architecture, adapted as ``variant`` says."""
+    encoder = replace(template.encoder_config, pretrained=None)
+    if img_size is not None:
+        encoder = replace(encoder, img_size=img_size)
+    adapter = template.adapter_config
+    if variant in ("full", "decoders"):
+        adapter = replace(adapter, method=variant)
+    elif variant == "checkpointing":
+        encoder = replace(encoder, gradient_checkpointing=True)
+    task_channels = {t: h.last_layer[-1].out_channels for t, h in template.decoder.heads.items()}
+    model = MultiTaskModel(
+        task_channels, encoder, adapter, copy.deepcopy(template.decoder_config), load_pretrained=False
+    )
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # B = 0 at init would make merged == unmerged trivially true
+        for name, p in model.named_parameters():
+            if ".lora_" in f".{name}" and name.endswith("_B"):
+                p.copy_(torch.randn(p.shape, generator=g) * 1e-3)
+    return model
+
+
+# ---------------------------------------------------------------------------------------- steps
+def _autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def make_train_step(
+    model: nn.Module,
+    criterion: MultiTaskLoss,
+    optimizer: torch.optim.Optimizer | None,
+    device: torch.device,
+    precision: str,
+) -> Callable[[dict[str, Tensor]], Tensor]:
+    """One training step as a closure; no host synchronisation (no ``.item()``) inside."""
+
+    def step(batch: dict[str, Tensor]) -> Tensor:
+        with _autocast(device, precision):
+            outputs = model(batch["image"])
+        losses = criterion(outputs, batch)
+        total = sum(criterion.weights[t] * losses[t] for t in criterion.tasks)
+        total.backward()
+        if optimizer is not None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return total.detach()
+
+    return step
+
+
+def saved_activation_bytes(
+    model: MultiTaskModel, criterion: MultiTaskLoss, batch: dict[str, Tensor], precision: str
+) -> int:
+    """Bytes autograd keeps for the backward of one training forward + loss (parameters excluded).
+
+    An exact, device-independent count of activation memory (unique storages packed by
+    ``saved_tensors_hooks``), unlike a process' resident set.  It reflects the device's kernels
+    (CPU dropout keeps a float mask, CUDA a bool one), and with gradient checkpointing it only
+    sees what the checkpointed blocks' outputs feed into (their saved inputs are held elsewhere).
+    """
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params and storage.nbytes():
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    model.train()
+    with (
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+        _autocast(batch["image"].device, precision),
+    ):
+        outputs = model(batch["image"])
+    losses = criterion(outputs, batch)
+    total = sum(criterion.weights[t] * losses[t] for t in criterion.tasks)
+    del outputs, losses, total  # frees the graph without a backward
+    return sum(storages.values())
+
+
+def train_flops_per_image(
+    model: MultiTaskModel, criterion: MultiTaskLoss, batch: dict[str, Tensor], precision: str
+) -> tuple[float, float]:
+    """(training, forward) FLOPs of one image, counted on the first image of ``batch`` (see module doc)."""
+    one = {k: v[:1] for k, v in batch.items()}
+    device = one["image"].device
+    was_training = model.training
+    cfg = model.backbone.cfg
+    model.backbone.cfg = replace(cfg, gradient_checkpointing=False)  # recomputation is not model FLOPs
+    try:
+        model.train()
+        with FlopCounterMode(display=False) as counter:
+            make_train_step(model, criterion, None, device, precision)(one)
+        train = float(counter.get_total_flops())
+        model.zero_grad(set_to_none=True)
+        model.eval()
+        with FlopCounterMode(display=False) as counter, torch.no_grad(), _autocast(device, precision):
+            model(one["image"])
+        forward = float(counter.get_total_flops())
+    finally:
+        model.backbone.cfg = cfg
+        model.train(was_training)
+    return train, forward
+
+
+def _timed(fn: Callable[[], object], steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
+    """(seconds per call after ``warmup`` calls, seconds of the first call) between synchronisations."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    first = time.perf_counter() - start
+    for _ in range(max(0, warmup - 1)):
+        fn()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) / steps, first
+
+
+def measure_training(
+    model: MultiTaskModel,
+    criterion: MultiTaskLoss,
+    batch: dict[str, Tensor],
+    settings: BenchSettings,
+    precision: str,
+    meter: MemoryMeter,
+    compiled: bool = False,
+) -> dict:
+    """Images/s and peak memory of full training steps (AdamW on the trainable parameters only)."""
+    device = batch["image"].device
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05, fused=device.type == "cuda")
+    net: nn.Module = torch.compile(model, fullgraph=True) if compiled else model
+    model.train()
+    train_step = make_train_step(net, criterion, optimizer, device, precision)
+    meter.reset_peak()
+    seconds, first = _timed(lambda: train_step(batch), settings.steps, settings.warmup, device)
+    peak = meter.peak()
+    finite = bool(torch.isfinite(train_step(batch)))  # one sync, outside the timed loop
+    syncs = cuda_sync_warnings(lambda: train_step(batch), device)
+    reads = None
+    if not compiled:
+        # value reads in forward + loss + backward (the optimizer's own step counter is excluded)
+        with ValueReadCounter() as counter:
+            make_train_step(model, criterion, None, device, precision)(batch)
+        reads = counter.count
+    model.zero_grad(set_to_none=True)
+    bsz = batch["image"].shape[0]
+    return {
+        "images_per_s": bsz / seconds,
+        "step_ms": 1e3 * seconds,
+        "first_step_s": first,
+        "peak_memory_bytes": peak,
+        "loss_finite": finite,
+        "value_reads_fwd_bwd": reads,
+        "cuda_sync_warnings_per_step": syncs,
+    }
+
+
+def _max_abs_diff(a: dict[str, Tensor], b: dict[str, Tensor]) -> float:
+    return max(float((a[t].float() - b[t].float()).abs().max()) for t in a)
+
+
+def measure_inference(model: MultiTaskModel, image: Tensor, settings: BenchSettings, precision: str) -> dict:
+    """Images/s in eval mode: eager, compiled, merged (eager and compiled), with output checks."""
+    device = image.device
+    model.eval()
+    out: dict[str, float | None] = {}
+
+    def run(net: nn.Module, name: str) -> dict[str, Tensor]:
+        def call():
+            with torch.inference_mode(), _autocast(device, precision):
+                return net(image)
+
+        seconds, first = _timed(call, settings.steps, settings.warmup, device)
+        out[f"{name}_images_per_s"] = image.shape[0] / seconds
+        if name.endswith("compiled"):
+            out[f"{name}_first_call_s"] = first
+        return call()
+
+    reference = run(model, "eager")
+    if settings.compile:
+        out["compiled_max_abs_diff"] = _max_abs_diff(
+            run(torch.compile(model, fullgraph=True), "compiled"), reference
+        )
+    if any(".lora_" in f".{n}" for n, _ in model.named_parameters()):
+        merged = copy.deepcopy(model)
+        report = merge_model(merged)
+        out["merged_layers"] = len(report.shared) + len(report.stream_paths)
+        out["merged_max_abs_diff"] = _max_abs_diff(run(merged, "merged"), reference)
+        if settings.compile:
+            compiled = torch.compile(merged, fullgraph=True)
+            out["merged_compiled_max_abs_diff"] = _max_abs_diff(run(compiled, "merged_compiled"), reference)
+        del merged
+    return out
+
+
+# ---------------------------------------------------------------------------------------- driver
+def bench_variant(
+    template: MultiTaskModel,
+    variant: Variant,
+    criterion: MultiTaskLoss,
+    settings: BenchSettings,
+    device: torch.device,
+    precision: str,
+    peak_tflops: float | None,
+) -> dict:
+    """All measurements of one variant; the model is built here and freed before returning."""
+    meter = MemoryMeter(device)
+    meter.mark_baseline()
+    model = build_variant(template, variant, settings.img_size).to(device)
+    img = model.encoder_config.img_size
+    batch = synthetic_batch(
+        {t: h.last_layer[-1].out_channels for t, h in model.decoder.heads.items()},
+        settings.batch_size,
+        img,
+        device,
+        settings.seed,
+    )
+    train_flops, fwd_flops = train_flops_per_image(model, criterion, batch, precision)
+    result: dict = {
+        "method": model.adapter_config.method,
+        "gradient_checkpointing": model.encoder_config.gradient_checkpointing,
+        "parameters": parameter_counts(model),
+        "train_flops_per_image": train_flops,
+        "forward_flops_per_image": fwd_flops,
+        "saved_activation_bytes": saved_activation_bytes(model, criterion, batch, precision),
+        "memory_kind": meter.kind,
+    }
+    phases = [("train", False)] + ([("train_compiled", True)] if settings.compile else [])
+    for name, compiled in phases:
+        log.info("bench %s: %s", variant, name)
+        res = measure_training(model, criterion, batch, settings, precision, meter, compiled)
+        achieved = train_flops * res["images_per_s"]
+        res["achieved_tflops"] = achieved / 1e12
+        res["mfu"] = achieved / (peak_tflops * 1e12) if peak_tflops else None
+        result[name] = res
+    if settings.inference:
+        log.info("bench %s: inference", variant)
+        result["inference"] = measure_inference(model, batch["image"], settings, precision)
+    del model, batch
+    MemoryMeter.release()
+    return result
+
+
+def best_of(runs: list[dict]) -> dict:
+    """Combine repeated measurements of one variant: the fastest run of each phase, the smallest peak.
+
+    On a shared machine other processes only ever slow a run down or inflate its resident set,
+    so the best values are the least disturbed ones.  Every run's throughput stays in ``runs``.
+    """
+    best = copy.deepcopy(runs[0])
+    for phase in ("train", "train_compiled"):
+        if phase not in best:
+            continue
+        fastest = max((r[phase] for r in runs), key=lambda m: m["images_per_s"])
+        peaks = [r[phase]["peak_memory_bytes"] for r in runs if r[phase]["peak_memory_bytes"] is not None]
+        best[phase] = {**fastest, "peak_memory_bytes": min(peaks) if peaks else None}
+    if "inference" in best:
+        for key in best["inference"]:
+            if key.endswith(("_images_per_s", "_max_abs_diff")):  # fastest; worst-case difference
+                best["inference"][key] = max(r["inference"][key] for r in runs)
+    best["runs"] = [
+        {phase: r[phase]["images_per_s"] for phase in ("train", "train_compiled") if phase in r}
+        | {k: v for k, v in r.get("inference", {}).items() if k.endswith("_images_per_s")}
+        for r in runs
+    ]
+    return best
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def summarise(variants: dict[str, dict], compiled: bool) -> dict:
+    """The issue's target ratios (config vs full fine-tuning / the plain network) where measurable.
+
+    Like is compared with like: with ``compiled`` every ratio uses the compiled measurements of
+    both sides (the compiler also changes memory: it recomputes cheap activations in backward).
+    """
+    phase = "train_compiled" if compiled else "train"
+    out: dict[str, dict] = {}
+    cfg, full = variants.get("config"), variants.get("full")
+    plain = variants.get("decoders") or full
+    if cfg and full and phase in cfg and phase in full:
+        out["train_speedup_vs_full"] = {
+            "value": _ratio(cfg[phase]["images_per_s"], full[phase]["images_per_s"]),
+            "phase": phase,
+        }
+        out["train_memory_vs_full"] = {
+            "value": _ratio(cfg[phase]["peak_memory_bytes"], full[phase]["peak_memory_bytes"]),
+            "phase": phase,
+        }
+    if cfg and plain and "inference" in cfg and "merged_images_per_s" in cfg["inference"]:
+        key = "merged_compiled_images_per_s" if compiled else "merged_images_per_s"
+        base = "compiled_images_per_s" if compiled else "eager_images_per_s"
+        out["merged_inference_vs_plain"] = {
+            "value": _ratio(cfg["inference"].get(key), plain["inference"].get(base)),
+            "plain_variant": "decoders" if "decoders" in variants else "full",
+        }
+    if cfg and phase in cfg:
+        out["train_mfu"] = {"value": cfg[phase]["mfu"], "phase": phase}
+    for name, entry in out.items():
+        target, value = TARGETS[name], entry["value"]
+        entry["target"] = target
+        entry["met"] = (
+            None
+            if value is None
+            else (value <= target if name == "train_memory_vs_full" else value >= target)
+        )
+    return out
+
+
+def run_bench(
+    template: MultiTaskModel,
+    criterion: MultiTaskLoss,
+    settings: BenchSettings,
+    device: torch.device | str = "cpu",
+) -> dict:
+    """Measure every variant of ``settings.variants`` on ``device`` and return a JSON-able report."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    precision = resolve_precision(settings.precision, device)
+    peak, peak_source = device_peak_tflops(device, precision, settings.peak_tflops)
+    torch.manual_seed(settings.seed)
+    names = list(dict.fromkeys(settings.variants))
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for _ in range(max(1, settings.repeats)):  # round robin: load changes hit every variant alike
+        for name in names:
+            runs[name].append(bench_variant(template, name, criterion, settings, device, precision, peak))
+    variants = {name: best_of(results) for name, results in runs.items()}
+    return {
+        "device": {
+            "type": device.type,
+            "name": device_name(device),
+            "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "peak_tflops": peak,
+            "peak_source": peak_source,
+        },
+        "settings": {
+            **asdict(settings),
+            "img_size": settings.img_size or template.encoder_config.img_size,
+            "precision": precision,
+        },
+        "model": {
+            "tasks": list(template.tasks),
+            "adapter": asdict(template.adapter_config),
+            "encoder": asdict(template.encoder_config),
+        },
+        "torch": torch.__version__,
+        "git": git_commit(),
+        "variants": variants,
+        "ratios": summarise(variants, settings.compile),
+    }
+
+
+def _ordered(variants: dict[str, dict]) -> list[tuple[str, dict]]:
+    """Variants in the order of :data:`Variant` (a JSON file written with sorted keys loses it)."""
+    order = {name: i for i, name in enumerate(Variant.__args__)}
+    return sorted(variants.items(), key=lambda item: order.get(item[0], len(order)))
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_report(report: dict) -> str:
+    """Plain-text tables of a :func:`run_bench` report."""
+    s, d = report["settings"], report["device"]
+    lines = [
+        f"device: {d['name']} ({d['type']}, {d['torch_threads']} threads)   peak: "
+        f"{_fmt(d['peak_tflops'], '.0f')} TFLOP/s [{d['peak_source']}]",
+        f"input {s['img_size']}x{s['img_size']}, batch {s['batch_size']}, {s['precision']}, "
+        f"{s['warmup']} warm-up + {s['steps']} timed steps, git {report['git']['commit']}"
+        f"{' (dirty)' if report['git']['dirty'] else ''}",
+        "",
+    ]
+    head = (
+        f"{'variant':<14}{'method':<12}{'trainable':>12}{'train GF/img':>13}{'img/s':>9}{'step ms':>10}"
+        f"{'peak MiB':>10}{'saved MiB':>10}{'TFLOP/s':>9}{'MFU':>7}"
+    )
+    lines += [
+        "training (peak: device memory of the phase; saved: activations autograd keeps for backward)",
+        head,
+    ]
+    for name, v in _ordered(report["variants"]):
+        for phase in ("train", "train_compiled"):
+            if phase not in v:
+                continue
+            r = v[phase]
+            mem = None if r["peak_memory_bytes"] is None else r["peak_memory_bytes"] / 2**20
+            label = name if phase == "train" else "  +compile"
+            lines.append(
+                f"{label:<14}{v['method']:<12}{v['parameters']['trainable']:>12,}"
+                f"{v['train_flops_per_image'] / 1e9:>13.2f}{r['images_per_s']:>9.2f}{r['step_ms']:>10.1f}"
+                f"{_fmt(mem, '.0f'):>10}{v.get('saved_activation_bytes', 0) / 2**20:>10.0f}"
+                f"{r['achieved_tflops']:>9.3f}"
+                f"{_fmt(None if r['mfu'] is None else 100 * r['mfu'], '.1f'):>7}"
+            )
+    if any("inference" in v for v in report["variants"].values()):
+        lines += [
+            "",
+            "inference (images/s)",
+            f"{'variant':<14}{'fwd GF/img':>11}{'eager':>10}{'compiled':>10}{'merged':>10}{'merged+c':>10}"
+            f"{'merge diff':>12}",
+        ]
+        for name, v in _ordered(report["variants"]):
+            inf = v.get("inference")
+            if not inf:
+                continue
+            lines.append(
+                f"{name:<14}{v['forward_flops_per_image'] / 1e9:>11.2f}"
+                f"{_fmt(inf.get('eager_images_per_s'), '.2f'):>10}"
+                f"{_fmt(inf.get('compiled_images_per_s'), '.2f'):>10}"
+                f"{_fmt(inf.get('merged_images_per_s'), '.2f'):>10}"
+                f"{_fmt(inf.get('merged_compiled_images_per_s'), '.2f'):>10}"
+                f"{_fmt(inf.get('merged_max_abs_diff'), '.1e'):>12}"
+            )
+    if report["ratios"]:
+        lines += ["", "targets"]
+        for name, r in sorted(report["ratios"].items(), key=lambda item: list(TARGETS).index(item[0])):
+            cmp = "<=" if name == "train_memory_vs_full" else ">="
+            met = {True: "met", False: "NOT met", None: "not measured"}[r["met"]]
+            lines.append(f"{name:<28}{_fmt(r['value'], '.3f'):>8}  (target {cmp} {r['target']}: {met})")
+    return "\n".join(lines)

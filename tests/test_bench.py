@@ -1,0 +1,155 @@
+"""``mtlora bench``: runs on CPU at a tiny size and writes a complete report (no timing asserted)."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtlora import bench
+from mtlora.cli import run_cli
+
+CONFIGS = Path(__file__).parent / "configs"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: with two OpenMP threads a busy neighbour turns spin-waits
+    into stalls (a 0.1 s step took up to 13 s); one thread keeps these tests fast and steady."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bench_cli_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench" / "result.json"
+    run_cli(
+        [
+            "bench",
+            "--config",
+            str(CONFIGS / "tiny_synthetic.yaml"),
+            "--data.init_args.tasks",
+            "[semseg, sal, normals, depth]",
+            "--batch_size",
+            "2",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--peak_tflops",
+            "2.0",
+            "--json_out",
+            str(out),
+            "--variants",
+            "[config, full, decoders, checkpointing]",
+        ]
+    )
+    text = capsys.readouterr().out
+    assert "training" in text and "targets" in text and "train_speedup_vs_full" in text
+    report = json.loads(out.read_text())
+    assert report["device"]["type"] == "cpu" and report["device"]["peak_tflops"] == 2.0
+    assert report["settings"]["precision"] == "fp32" and report["settings"]["img_size"] == 64
+    v = report["variants"]
+    assert [v[k]["method"] for k in ("config", "full", "decoders", "checkpointing")] == [
+        "mtlora",
+        "full",
+        "decoders",
+        "mtlora",
+    ]
+    assert v["checkpointing"]["gradient_checkpointing"] and not v["config"]["gradient_checkpointing"]
+    # trainable sets of the variants
+    assert v["full"]["parameters"]["trainable"] == v["full"]["parameters"]["total"]
+    assert v["decoders"]["parameters"]["encoder_trainable"] == 0
+    assert 0 < v["config"]["parameters"]["encoder_trainable"] < v["full"]["parameters"]["encoder_trainable"]
+    # FLOP definition: full FT ~3x forward (no input gradient for the image), frozen encoder far less,
+    # checkpointing recomputation not counted
+    full = v["full"]
+    assert (
+        2.7 * full["forward_flops_per_image"]
+        < full["train_flops_per_image"]
+        <= 3.0 * full["forward_flops_per_image"]
+    )
+    assert v["decoders"]["train_flops_per_image"] < full["train_flops_per_image"]
+    assert v["checkpointing"]["train_flops_per_image"] == v["config"]["train_flops_per_image"]
+    # activations kept for backward: a frozen encoder keeps little, checkpointing keeps block inputs only
+    saved = {name: variant["saved_activation_bytes"] for name, variant in v.items()}
+    assert 0 < saved["decoders"] < saved["full"] and 0 < saved["checkpointing"] < saved["config"]
+    for name, variant in v.items():
+        train = variant["train"]
+        assert train["images_per_s"] > 0 and train["loss_finite"], name
+        assert train["value_reads_fwd_bwd"] == 0, name  # no host syncs in forward/loss/backward
+        assert train["cuda_sync_warnings_per_step"] is None  # CPU run
+        assert math.isclose(train["mfu"], train["achieved_tflops"] / 2.0, rel_tol=1e-9)
+        assert train["peak_memory_bytes"] is None or train["peak_memory_bytes"] >= 0
+        assert variant["inference"]["eager_images_per_s"] > 0
+    for name in ("config", "checkpointing"):  # adapters: merged inference measured and checked
+        assert v[name]["inference"]["merged_max_abs_diff"] < 1e-4
+        assert v[name]["inference"]["merged_layers"] > 0
+    assert "merged_images_per_s" not in v["full"]["inference"]
+    ratios = report["ratios"]
+    assert set(ratios) == set(bench.TARGETS)
+    speed = v["config"]["train"]["images_per_s"] / v["full"]["train"]["images_per_s"]
+    assert ratios["train_speedup_vs_full"]["value"] == pytest.approx(speed)
+    assert ratios["merged_inference_vs_plain"]["plain_variant"] == "decoders"
+    assert all(r["met"] in (True, False, None) for r in ratios.values())
+
+
+@pytest.mark.parametrize(
+    "name,precision,peak",
+    [
+        ("NVIDIA H100 80GB HBM3", "bf16", 989.0),
+        ("NVIDIA H100 PCIe", "bf16", 756.0),
+        ("NVIDIA H200", "bf16", 989.0),
+        ("NVIDIA A100-SXM4-80GB", "bf16", 312.0),
+        ("NVIDIA A100-SXM4-80GB", "fp32", 19.5),
+        ("Tesla T4", "bf16", None),
+    ],
+)
+def test_peak_table(monkeypatch, name, precision, peak):
+    monkeypatch.setattr(bench, "device_name", lambda device: name)
+    value, source = bench.device_peak_tflops(torch.device("cuda"), precision)
+    assert value == peak and (peak is None) == ("unknown" in source)
+    assert bench.device_peak_tflops(torch.device("cpu"), "fp32") == (
+        None,
+        "unknown peak (pass --peak_tflops)",
+    )
+    assert bench.device_peak_tflops(torch.device("cpu"), "fp32", 1.5)[0] == 1.5
+
+
+def test_summarise_targets():
+    def variant(ips, mem, mfu=None, merged=None, eager=None):
+        inf = {"eager_images_per_s": eager}
+        if merged is not None:
+            inf["merged_images_per_s"] = merged
+        return {"train": {"images_per_s": ips, "peak_memory_bytes": mem, "mfu": mfu}, "inference": inf}
+
+    ratios = bench.summarise(
+        {
+            "config": variant(12.0, 50, 0.4, merged=97.0),
+            "full": variant(10.0, 100),
+            "decoders": variant(20.0, 40, eager=100.0),
+        },
+        compiled=False,
+    )
+    assert ratios["train_speedup_vs_full"] == {"value": 1.2, "phase": "train", "target": 1.2, "met": True}
+    assert ratios["train_memory_vs_full"]["value"] == 0.5 and ratios["train_memory_vs_full"]["met"]
+    assert ratios["merged_inference_vs_plain"]["value"] == pytest.approx(0.97)
+    assert ratios["train_mfu"]["met"] is True
+    cpu = bench.summarise({"config": variant(1.0, None), "full": variant(2.0, None)}, compiled=False)
+    assert cpu["train_memory_vs_full"]["met"] is None and cpu["train_mfu"]["met"] is None
+    assert cpu["train_speedup_vs_full"]["met"] is False
+
+
+def test_best_of_repeats_keeps_fastest_run_and_smallest_peak():
+    def run(ips, mem, eager, diff):
+        return {
+            "train": {"images_per_s": ips, "step_ms": 1e3 / ips, "peak_memory_bytes": mem},
+            "inference": {"eager_images_per_s": eager, "merged_max_abs_diff": diff},
+        }
+
+    best = bench.best_of([run(2.0, 300, 5.0, 1e-7), run(4.0, 200, 3.0, 2e-7), run(3.0, None, 1.0, 0.0)])
+    assert best["train"] == {"images_per_s": 4.0, "step_ms": 250.0, "peak_memory_bytes": 200}
+    assert best["inference"] == {"eager_images_per_s": 5.0, "merged_max_abs_diff": 2e-7}
+    assert [r["train"] for r in best["runs"]] == [2.0, 4.0, 3.0]
