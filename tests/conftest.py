@@ -8,7 +8,9 @@ import pytest
 import torch
 
 os.environ.setdefault("WANDB_MODE", "disabled")
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# one intra-op thread: tiny test models gain nothing from more, and on a busy 2-core machine
+# oversubscribed OpenMP threads made single steps 10-50x slower
+torch.set_num_threads(1)
 
 PASCAL_CHANNELS = {"semseg": 21, "human_parts": 7, "sal": 1, "normals": 3}
 
