@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from mtlora.callbacks import ResultsWriter
-from mtlora.checkpointing import prepare_trainer
+from mtlora.checkpointing import checkpoint_hparams_for_cli, prepare_trainer
 from mtlora.data import MultiTaskDataModule
 from mtlora.module import MultiTaskModule
 from mtlora.trainer import MTLoRATrainer
@@ -44,6 +44,26 @@ class MTLoRACLI(LightningCLI):
         parser.link_arguments("data.task_channels", "model.task_channels", apply_on="instantiate")
         parser.link_arguments("data.batch_size", "model.batch_size", apply_on="instantiate")
         parser.link_arguments("data.img_size", "model.encoder.img_size", apply_on="instantiate")
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI's hook: build the model from ``--ckpt_path``'s hyper-parameters.
+
+        Replaced so the file is read safely with named errors and ``--weights_only``, and the
+        config options the checkpoint overrides are listed (see checkpoint_hparams_for_cli).
+        """
+        subcommand = self.config.get("subcommand")
+        run = self.config[subcommand] if subcommand else None
+        path = run.get("ckpt_path") if run is not None else None
+        if not path or path in ("last", "best", "hpc") or str(path).startswith("registry:"):
+            return
+        model = run.get("model")
+        hparams = checkpoint_hparams_for_cli(path, model.as_dict() if model is not None else {},
+                                             weights_only=run.get("weights_only") is not False)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]

@@ -16,7 +16,12 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
-from mtlora.checkpointing import capture_rng_state, check_checkpoint_fits, restore_rng_state
+from mtlora.checkpointing import (
+    capture_rng_state,
+    check_checkpoint_fits,
+    restore_rng_state,
+    warn_epoch_end_resume_with_max_steps,
+)
 from mtlora.losses import MultiTaskLoss
 from mtlora.models.model import DecoderConfig, EncoderConfig, MultiTaskModel, parameter_counts
 from mtlora.models.plans import AdapterConfig
@@ -257,9 +262,11 @@ class MultiTaskModule(LightningModule):
         checkpoint["mtlora"] = {"rng": capture_rng_state(), "nonfinite": self.nonfinite.state_dict()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # shapes always; missing/unexpected keys only for a Trainer restore (load_from_checkpoint has
+        # its own `strict` argument, which this hook cannot see)
         path = self._trainer.ckpt_path if self._trainer is not None else None
         check_checkpoint_fits(self.state_dict(), checkpoint, str(path or "checkpoint"), dict(self.hparams),
-                              strict=self.strict_loading)
+                              strict=self._trainer is not None and self.strict_loading)
         extra = checkpoint.get("mtlora", {})
         self._rng_to_restore = extra.get("rng")
         self.nonfinite.load_state_dict(extra.get("nonfinite"))
@@ -271,6 +278,8 @@ class MultiTaskModule(LightningModule):
         if self._rng_to_restore is not None:
             restore_rng_state(self._rng_to_restore, self.global_rank, self.trainer.world_size)
             self._rng_to_restore = None
+        if self.trainer.ckpt_path is not None:
+            warn_epoch_end_resume_with_max_steps(self.trainer)
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")

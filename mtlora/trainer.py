@@ -178,6 +178,7 @@ class MTLoRATrainer(Trainer):
             raise
         metadata = save_adapters(loaded.model, out)
         size = Path(out).stat().st_size
-        print(f"wrote {out}: {size / 1e6:.2f} MB, {int(metadata['trainable_parameters']):,} trainable parameters "
+        trainable = int(metadata["trainable_parameters"])
+        print(f"wrote {out}: {size / 1e6:.2f} MB, {trainable:,} trainable parameters "
               f"(base {metadata['base_source'] or 'random init'}, sha256 {metadata['base_sha256'][:12]}...)")
         return {"out": out, "bytes": size, **{k: v for k, v in metadata.items() if k != "config"}}

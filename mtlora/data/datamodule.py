@@ -15,13 +15,19 @@ Why the loaders look the way they do:
   Lightning keeps a sampler that already is a DistributedSampler.
 * Shuffling and worker seeds come from a generator seeded with ``seed`` (and the rank), so a
   data order is reproducible from the DataModule arguments alone.
+* The training loader is resumable mid-epoch: :class:`ResumableSampler` derives the order from
+  ``(seed, epoch)`` and gives every sample its own augmentation seed ``(seed, epoch, index)``,
+  and :class:`ResumableDataLoader` exposes ``state_dict()``/``load_state_dict()`` (epoch and
+  batches consumed), which Lightning stores in its checkpoints.  A run killed mid-epoch and
+  resumed with ``--ckpt_path last`` skips exactly the consumed batches and draws the same
+  augmentations, whatever ``num_workers`` is.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -31,7 +37,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 from torch.utils.data._utils.collate import default_collate
 
 from mtlora.data.io import DataError
@@ -41,6 +47,8 @@ from mtlora.tasks import TASKS, validate_tasks
 __all__ = [
     "MultiTaskDataModule",
     "MultiTaskDataset",
+    "ResumableDataLoader",
+    "ResumableSampler",
     "SampleFile",
     "collate_multitask",
     "seed_worker",
@@ -125,7 +133,10 @@ class MultiTaskDataset(Dataset):
         """Re-seed the augmentation stream (called per worker by :func:`seed_worker`)."""
         self.transform.set_random_seed(seed)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+        if isinstance(index, tuple):  # (index, augmentation seed) from ResumableSampler
+            index, sample_seed = index
+            self.transform.set_random_seed(sample_seed)
         if not self.skip_broken:
             return self._load(index)
         for offset in range(len(self.ids)):
@@ -192,6 +203,65 @@ def seed_worker(worker_id: int, base_seed: int = 0, rank: int = 0) -> None:
     dataset = info.dataset if info is not None else None
     if dataset is not None and hasattr(dataset, "set_random_seed"):
         dataset.set_random_seed(seed)
+
+
+class ResumableSampler(DistributedSampler):
+    """Training order from ``(seed, epoch)``, one shard per rank, able to start mid-epoch.
+
+    Yields ``(index, augmentation seed)``: the seed is derived from ``(seed, epoch, index)``, so a
+    sample's augmentation depends neither on which worker loads it nor on what was loaded
+    before, which is what makes skipping the consumed part of an epoch exact.  Being a
+    ``DistributedSampler``, Lightning keeps it under DDP instead of wrapping it.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.start = 0  # samples of this rank's shard to skip, consumed by the next __iter__
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        start, self.start = self.start, 0
+        for index in list(super().__iter__())[start:]:
+            yield index, _derive_seed(self.seed, self.epoch, index)
+
+
+class ResumableDataLoader(DataLoader):
+    """DataLoader over a :class:`ResumableSampler` whose position Lightning checkpoints.
+
+    ``state_dict()`` is ``{"epoch", "batches"}`` (batches handed out in the current epoch);
+    after ``load_state_dict()`` the next iteration of that epoch skips those batches (in the
+    sampler, so no sample is loaded twice) while ``len()`` stays the full epoch, as Lightning's
+    loop expects.  A restored position for another epoch is ignored.  Iteration starts lazily,
+    so Lightning's ``set_epoch`` always lands before the sampler is read.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.sampler, ResumableSampler):
+            raise TypeError(
+                f"ResumableDataLoader needs a ResumableSampler, got {type(self.sampler).__name__}"
+            )
+        self._consumed = 0
+        self._resume: dict[str, int] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._epoch_batches()
+
+    def _epoch_batches(self) -> Iterator[Any]:
+        resume, self._resume = self._resume, None
+        skip = resume["batches"] if resume and resume["epoch"] == self.sampler.epoch else 0
+        if skip:
+            log.info("resuming epoch %d of the training data after %d batches", self.sampler.epoch, skip)
+        self.sampler.start = skip * self.batch_size
+        self._consumed = skip
+        for batch in super().__iter__():
+            self._consumed += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self.sampler.epoch), "batches": int(self._consumed)}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
 
 
 def _distributed_rank_world() -> tuple[int, int]:
@@ -276,6 +346,8 @@ class MultiTaskDataModule(LightningDataModule):
             "border_label": border_label,
         }
         self.datasets: dict[str, MultiTaskDataset] = {}
+        self._train_loader: ResumableDataLoader | None = None
+        self._train_resume: dict[str, int] | None = None  # loader position restored from a checkpoint
         self.build_transform(train=True)  # fail on bad augmentation options now, not in a worker
 
     # --- what subclasses provide ----------------------------------------------------------------
@@ -359,7 +431,25 @@ class MultiTaskDataModule(LightningDataModule):
             log.warning("%s: %d broken samples were skipped", type(self).__name__, self.skipped_count)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True, drop_last=True)
+        loader = self._loader("train", shuffle=True, drop_last=True)
+        if self._train_resume is not None:
+            loader.load_state_dict(self._train_resume)
+            self._train_resume = None
+        self._train_loader = loader
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position of the training loader in its epoch; Lightning stores it in checkpoints.
+
+        Lightning also stores the loader's own state, but restores it only when it builds the
+        loader after the checkpoint is read, and ``trainer.estimated_stepping_batches`` (used by
+        the LR schedule) builds it before.  The DataModule's state is restored first, so the
+        position reaches the loader either way.
+        """
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._train_resume = state_dict.get("train_loader")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False, drop_last=False)
@@ -393,10 +483,15 @@ class MultiTaskDataModule(LightningDataModule):
         generator = torch.Generator().manual_seed(_derive_seed(self.seed, rank, _ROLE_CODES[role]))
         if self.num_workers == 0:
             dataset.set_random_seed(_derive_seed(self.seed, rank, _ROLE_CODES[role], 1 << 20))
-        return DataLoader(
+        loader_class = DataLoader
+        if shuffle:  # training: order from (seed, epoch), resumable mid-epoch (same order on every rank)
+            shuffle_seed = _derive_seed(self.seed, _ROLE_CODES[role]) % (1 << 62)
+            sampler = ResumableSampler(dataset, world, rank, shuffle_seed)
+            loader_class = ResumableDataLoader
+        return loader_class(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle if sampler is None else False,
+            shuffle=False,
             sampler=sampler,
             drop_last=drop_last,
             num_workers=self.num_workers,

@@ -20,8 +20,11 @@ class EncoderConfig:
     """Swin encoder options.
 
     Args:
-        arch: ``swin_tiny``, ``swin_small`` or ``swin_base`` (Microsoft V1 sizes); the fields
-            below override its defaults (tests use tiny custom sizes).
+        arch: ``swin_tiny``, ``swin_small`` or ``swin_base`` (Microsoft V1 sizes); ``embed_dim``,
+            ``depths`` and ``num_heads`` override its defaults (tests use tiny custom sizes).
+        embed_dim: channels of the first stage (None: the size's default, 96 for Swin-T).
+        depths: blocks per stage (None: the size's default, [2, 2, 6, 2] for Swin-T).
+        num_heads: attention heads per stage (None: the size's default, [3, 6, 12, 24] for Swin-T).
         img_size: square input size; every stage grid must divide by the window.
         window_size: attention window (7 for the released weights).
         drop_path_rate: stochastic depth, linear over all blocks (official 0.2).
@@ -53,7 +56,12 @@ class EncoderConfig:
 
 @dataclass
 class DecoderConfig:
-    """Decoder options: per-stage fusion widths (official: HRNet-W18 widths)."""
+    """Decoder options.
+
+    Args:
+        channels: output widths of the per-task 1x1 fusion convolutions, one per stage feature
+            (official: the HRNet-W18 widths 18/36/72/144; the head's hidden width is 4x their sum).
+    """
 
     channels: list[int] = field(default_factory=lambda: [18, 36, 72, 144])
 
