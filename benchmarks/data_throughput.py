@@ -26,9 +26,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the fake-folder writer lives with the test fixtures
 
-from fixtures_data import write_fake_pascal  # noqa: E402
-
 from mtlora.data import PascalContextDataModule  # noqa: E402
+
+from fixtures_data import write_fake_pascal  # noqa: E402
 
 log = logging.getLogger("data_throughput")
 SECTION = "## Data pipeline throughput"

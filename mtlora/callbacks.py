@@ -62,8 +62,13 @@ def model_facts(pl_module: LightningModule) -> dict:
     from mtlora.models.model import parameter_counts
 
     counts = parameter_counts(model)
-    return {"method": method_label(model.adapter_config, model.tasks), "adapter_method": model.adapter_config.method,
-            "tasks": list(model.tasks), "trainable_params": counts["trainable"], "total_params": counts["total"]}
+    return {
+        "method": method_label(model.adapter_config, model.tasks),
+        "adapter_method": model.adapter_config.method,
+        "tasks": list(model.tasks),
+        "trainable_params": counts["trainable"],
+        "total_params": counts["total"],
+    }
 
 
 class ResultsWriter(Callback):
@@ -97,8 +102,12 @@ class ResultsWriter(Callback):
             return
         print(format_metrics_table(metrics, stage))
         log_dir = run_dir(trainer)
-        payload = {"stage": stage, "epoch": trainer.current_epoch, "global_step": trainer.global_step,
-                   "metrics": metrics}
+        payload = {
+            "stage": stage,
+            "epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "metrics": metrics,
+        }
         ckpt = getattr(trainer, "ckpt_path", None)
         if ckpt:
             payload["ckpt_path"] = str(ckpt)

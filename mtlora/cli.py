@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -57,8 +56,11 @@ class MTLoRACLI(LightningCLI):
         if not path or path in ("last", "best", "hpc") or str(path).startswith("registry:"):
             return
         model = run.get("model")
-        hparams = checkpoint_hparams_for_cli(path, model.as_dict() if model is not None else {},
-                                             weights_only=run.get("weights_only") is not False)
+        hparams = checkpoint_hparams_for_cli(
+            path,
+            model.as_dict() if model is not None else {},
+            weights_only=run.get("weights_only") is not False,
+        )
         if not hparams:
             return
         if "_class_path" in hparams:
@@ -83,7 +85,9 @@ class MTLoRACLI(LightningCLI):
             from mtlora.wandb_callback import prepare_wandb  # no-op unless a WandbLogger is configured
 
             prepare_wandb(trainer, self.model, self.datamodule, self.subcommand)
-        if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in trainer.callbacks):
+        if self.subcommand == "predict" and not any(
+            isinstance(c, BasePredictionWriter) for c in trainer.callbacks
+        ):
             from mtlora.predict_writer import PredictionPanelWriter
 
             trainer.callbacks.append(PredictionPanelWriter())
@@ -113,7 +117,10 @@ def run_cli(args: list[str] | None = None) -> MTLoRACLI | None:
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         trainer_defaults={
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": "runs"},
+            },
         },
         parser_kwargs={"default_env": False},
         args=args,

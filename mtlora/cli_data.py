@@ -18,10 +18,18 @@ from mtlora.data import MultiTaskDataModule, check_data_folder, format_report
 
 def _parser() -> ArgumentParser:
     parser = ArgumentParser(prog="mtlora data check", description=__doc__)
-    parser.add_argument("--config", type=str, default=None, help="training config whose data section is checked")
-    parser.add_argument("--data.root", dest="root", type=str, default=None, help="data folder (PASCAL_MT or NYUD)")
-    parser.add_argument("--splits", type=list[str] | None, default=None, help="splits to check (default: all)")
-    parser.add_argument("--max_samples", type=int | None, default=None, help="check only the first N per split")
+    parser.add_argument(
+        "--config", type=str, default=None, help="training config whose data section is checked"
+    )
+    parser.add_argument(
+        "--data.root", dest="root", type=str, default=None, help="data folder (PASCAL_MT or NYUD)"
+    )
+    parser.add_argument(
+        "--splits", type=list[str] | None, default=None, help="splits to check (default: all)"
+    )
+    parser.add_argument(
+        "--max_samples", type=int | None, default=None, help="check only the first N per split"
+    )
     parser.add_argument("--json", type=str | None, default=None, help="also write the report as JSON here")
     return parser
 
@@ -50,8 +58,10 @@ def _datamodule_from_config(path: str, root: str | None) -> MultiTaskDataModule:
 def data_main(argv: list[str]) -> int:
     """Run ``mtlora data <command>``; returns the exit status (1 when problems were found)."""
     if argv[:1] != ["check"]:
-        print("usage: mtlora data check (--data.root DIR | --config X.yaml) [--splits ...] [--max_samples N]",
-              file=sys.stderr)
+        print(
+            "usage: mtlora data check (--data.root DIR | --config X.yaml) [--splits ...] [--max_samples N]",
+            file=sys.stderr,
+        )
         return 2
     args = _parser().parse_args(argv[1:])
     if args.config is None and args.root is None:

@@ -54,13 +54,23 @@ def class_options(cls, skip: tuple[str, ...] = ()) -> list[str]:
     if dataclasses.is_dataclass(cls):
         params = []
         for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else inspect.Parameter.empty)
+            default = (
+                f.default
+                if f.default is not dataclasses.MISSING
+                else (
+                    f.default_factory()
+                    if f.default_factory is not dataclasses.MISSING
+                    else inspect.Parameter.empty
+                )
+            )
             params.append((f.name, f.type, default))
     else:
         sig = inspect.signature(cls.__init__)
-        params = [(p.name, p.annotation, p.default) for p in sig.parameters.values()
-                  if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        params = [
+            (p.name, p.annotation, p.default)
+            for p in sig.parameters.values()
+            if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        ]
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         docs.update(docstring_args(klass))
@@ -69,7 +79,12 @@ def class_options(cls, skip: tuple[str, ...] = ()) -> list[str]:
 
 
 def generate() -> str:
-    from mtlora.data import ImageFolderDataModule, NYUDDataModule, PascalContextDataModule, SyntheticDataModule
+    from mtlora.data import (
+        ImageFolderDataModule,
+        NYUDDataModule,
+        PascalContextDataModule,
+        SyntheticDataModule,
+    )
     from mtlora.data.datamodule import MultiTaskDataModule
     from mtlora.models.model import DecoderConfig, EncoderConfig
     from mtlora.models.plans import AdapterConfig
@@ -87,17 +102,29 @@ def generate() -> str:
         "",
         *class_options(MultiTaskModule, skip=("encoder", "adapter", "decoder")),
     ]
-    for key, cls in (("model.encoder", EncoderConfig), ("model.adapter", AdapterConfig),
-                     ("model.decoder", DecoderConfig)):
+    for key, cls in (
+        ("model.encoder", EncoderConfig),
+        ("model.adapter", AdapterConfig),
+        ("model.decoder", DecoderConfig),
+    ):
         parts += ["", f"## `{key}` (`{cls.__module__}.{cls.__name__}`)", "", *class_options(cls)]
     parts += ["", "## `data`", "", "Choose the data set with `class_path` (or `--data ClassName`).", ""]
-    parts += ["### Options of every data module (`mtlora.data.MultiTaskDataModule`)", "",
-              *class_options(MultiTaskDataModule)]
+    parts += [
+        "### Options of every data module (`mtlora.data.MultiTaskDataModule`)",
+        "",
+        *class_options(MultiTaskDataModule),
+    ]
     base = {n for n in inspect.signature(MultiTaskDataModule.__init__).parameters}
     for cls in (SyntheticDataModule, PascalContextDataModule, NYUDDataModule, ImageFolderDataModule):
         own = tuple(n for n in inspect.signature(cls.__init__).parameters if n in base and n != "tasks")
-        parts += ["", f"### `{cls.__module__}.{cls.__name__}`", "",
-                  (inspect.getdoc(cls) or "").split("\n\n")[0], "", *class_options(cls, skip=own)]
+        parts += [
+            "",
+            f"### `{cls.__module__}.{cls.__name__}`",
+            "",
+            (inspect.getdoc(cls) or "").split("\n\n")[0],
+            "",
+            *class_options(cls, skip=own),
+        ]
     return "\n".join(parts) + "\n"
 
 

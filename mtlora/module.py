@@ -46,8 +46,9 @@ def as_config(cls, value):
     raise TypeError(f"{cls.__name__}: expected a dict or {cls.__name__}, got {type(value).__name__}")
 
 
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int, warmup_lr: float, peak_lr: float,
-                  min_lr: float) -> float:
+def warmup_cosine(
+    step: int, warmup_steps: int, total_steps: int, warmup_lr: float, peak_lr: float, min_lr: float
+) -> float:
     """Learning rate at ``step``: linear warm-up from ``warmup_lr``, then cosine to ``min_lr``.
 
     Same shape as timm's CosineLRScheduler with ``warmup_prefix=True`` stepped per iteration,
@@ -119,7 +120,9 @@ class MultiTaskModule(LightningModule):
     ) -> None:
         super().__init__()
         if not task_channels:
-            raise ValueError("model.task_channels is empty: give the data module's tasks (the CLI links them)")
+            raise ValueError(
+                "model.task_channels is empty: give the data module's tasks (the CLI links them)"
+            )
         encoder = as_config(EncoderConfig, encoder)
         adapter = as_config(AdapterConfig, adapter)
         decoder = as_config(DecoderConfig, decoder)
@@ -265,8 +268,13 @@ class MultiTaskModule(LightningModule):
         # shapes always; missing/unexpected keys only for a Trainer restore (load_from_checkpoint has
         # its own `strict` argument, which this hook cannot see)
         path = self._trainer.ckpt_path if self._trainer is not None else None
-        check_checkpoint_fits(self.state_dict(), checkpoint, str(path or "checkpoint"), dict(self.hparams),
-                              strict=self._trainer is not None and self.strict_loading)
+        check_checkpoint_fits(
+            self.state_dict(),
+            checkpoint,
+            str(path or "checkpoint"),
+            dict(self.hparams),
+            strict=self._trainer is not None and self.strict_loading,
+        )
         extra = checkpoint.get("mtlora", {})
         self._rng_to_restore = extra.get("rng")
         self.nonfinite.load_state_dict(extra.get("nonfinite"))
@@ -316,15 +324,27 @@ class MultiTaskModule(LightningModule):
         # fused: one kernel per step, and it skips non-finite steps on the device (mtlora.nonfinite)
         fused = all(p.device.type in _get_fused_kernels_supported_devices() for p in decay + no_decay)
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=peak, betas=(0.9, 0.999), eps=1e-8, fused=fused or None,
+            [
+                {"params": decay, "weight_decay": self.hparams.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=peak,
+            betas=(0.9, 0.999),
+            eps=1e-8,
+            fused=fused or None,
         )
         total = int(self.trainer.estimated_stepping_batches)
         epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
         warmup = int(round(self.hparams.warmup_epochs * total / epochs))
         warmup_lr, min_lr = self.hparams.warmup_lr * scale, self.hparams.min_lr * scale
-        log.info("optimizer: AdamW peak lr %.3g (base %.3g x %.4g), %d warm-up of %d steps", peak,
-                 self.hparams.lr, scale, warmup, total)
+        log.info(
+            "optimizer: AdamW peak lr %.3g (base %.3g x %.4g), %d warm-up of %d steps",
+            peak,
+            self.hparams.lr,
+            scale,
+            warmup,
+            total,
+        )
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, warmup, total, warmup_lr, peak, min_lr) / peak
         )

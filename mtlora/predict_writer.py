@@ -33,8 +33,16 @@ class PredictionPanelWriter(BasePredictionWriter):
         if self.out_dir is None:
             self.out_dir = run_dir(trainer) / "predictions"
 
-    def write_on_batch_end(self, trainer: Trainer, pl_module: LightningModule, prediction: Any,
-                           batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
+    def write_on_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         outputs = prediction["outputs"]
         meta = batch.get("meta") or {}
@@ -44,8 +52,13 @@ class PredictionPanelWriter(BasePredictionWriter):
                 return
             preds = {task: value[i] for task, value in outputs.items()}
             targets = {task: batch[task][i] for task in outputs if task in batch}
-            save_panel(str(self.out_dir / f"{sample_id}.png"), batch["image"][i], preds, targets or None,
-                       title=str(sample_id))
+            save_panel(
+                str(self.out_dir / f"{sample_id}.png"),
+                batch["image"][i],
+                preds,
+                targets or None,
+                title=str(sample_id),
+            )
             self.written += 1
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

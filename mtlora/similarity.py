@@ -55,8 +55,9 @@ def shared_adapter_params(model: MultiTaskModel) -> list[list[torch.nn.Parameter
     return stages
 
 
-def task_gradient_similarity(model: MultiTaskModel, batches: Iterable[dict], num_batches: int,
-                             device: torch.device | str = "cpu") -> SimilarityResult:
+def task_gradient_similarity(
+    model: MultiTaskModel, batches: Iterable[dict], num_batches: int, device: torch.device | str = "cpu"
+) -> SimilarityResult:
     """Cosine similarity of per-task gradients on the shared adapters, one matrix per stage."""
     model = model.to(device).train()
     criterion = MultiTaskLoss(model.tasks)
@@ -69,10 +70,12 @@ def task_gradient_similarity(model: MultiTaskModel, batches: Iterable[dict], num
         batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
         losses = criterion(model(batch["image"]), batch)
         for t, task in enumerate(model.tasks):
-            grads = torch.autograd.grad(losses[task], flat_params, retain_graph=t < len(model.tasks) - 1,
-                                        allow_unused=True)
-            sums[t] += torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
-                                  for g, p in zip(grads, flat_params)])
+            grads = torch.autograd.grad(
+                losses[task], flat_params, retain_graph=t < len(model.tasks) - 1, allow_unused=True
+            )
+            sums[t] += torch.cat(
+                [(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, flat_params)]
+            )
         seen += 1
     if seen == 0:
         raise ValueError("task similarity needs at least one batch; the data loader is empty")
@@ -83,8 +86,9 @@ def task_gradient_similarity(model: MultiTaskModel, batches: Iterable[dict], num
     return SimilarityResult(list(model.tasks), matrices, seen, time.perf_counter() - start)
 
 
-def constrained_average_linkage(similarity: Tensor, num_groups: int,
-                                parents: list[list[int]] | None = None) -> list[list[int]]:
+def constrained_average_linkage(
+    similarity: Tensor, num_groups: int, parents: list[list[int]] | None = None
+) -> list[list[int]]:
     """Merge clusters with the highest average similarity until ``num_groups`` remain.
 
     Clusters only merge inside the same parent group, so the result refines ``parents``; it

@@ -18,11 +18,15 @@ def gmacs(model: MultiTaskModel, img_size: int) -> dict[str, float]:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.zeros(1, 3, img_size, img_size, device=device))
     model.train(was_training)
-    counts = {name.split(".", 1)[-1] if "." in name else name: sum(ops.values()) / 2e9
-              for name, ops in counter.get_flop_counts().items()}
+    counts = {
+        name.split(".", 1)[-1] if "." in name else name: sum(ops.values()) / 2e9
+        for name, ops in counter.get_flop_counts().items()
+    }
     out = {"encoder": counts.get("backbone", 0.0)}
     for task in model.tasks:
-        out[f"decoder/{task}"] = counts.get(f"decoder.fusion.{task}", 0.0) + counts.get(f"decoder.heads.{task}", 0.0)
+        out[f"decoder/{task}"] = counts.get(f"decoder.fusion.{task}", 0.0) + counts.get(
+            f"decoder.heads.{task}", 0.0
+        )
     out["total"] = counts.get("Global", sum(out.values()))
     return out
 

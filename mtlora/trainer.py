@@ -15,8 +15,13 @@ log = logging.getLogger(__name__)
 class MTLoRATrainer(Trainer):
     """Lightning's Trainer plus ``summary`` (and the other library subcommands)."""
 
-    def summary(self, model: LightningModule, datamodule: LightningDataModule | None = None,
-                macs: bool = True, json_out: str | None = None) -> dict:
+    def summary(
+        self,
+        model: LightningModule,
+        datamodule: LightningDataModule | None = None,
+        macs: bool = True,
+        json_out: str | None = None,
+    ) -> dict:
         """Print total/trainable parameters (encoder, decoders) and GMACs per task.
 
         Args:
@@ -32,8 +37,14 @@ class MTLoRATrainer(Trainer):
             Path(json_out).write_text(json.dumps(result, indent=2))
         return result
 
-    def similarity(self, model: LightningModule, datamodule: LightningDataModule, batches: int = 8,
-                   groups_per_stage: list[int] | None = None, out_dir: str = "runs/similarity") -> dict:
+    def similarity(
+        self,
+        model: LightningModule,
+        datamodule: LightningDataModule,
+        batches: int = 8,
+        groups_per_stage: list[int] | None = None,
+        out_dir: str = "runs/similarity",
+    ) -> dict:
         """Group tasks by gradient similarity and write a progressive plan config + heat map.
 
         Args:
@@ -71,26 +82,45 @@ class MTLoRATrainer(Trainer):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         plan = {"model": {"adapter": {"method": "progressive", "groups": groups}}}
-        header = (f"# task groups from gradient similarity ({result.batches} batches); compose with a config:\n"
-                  f"#   mtlora fit --config <config.yaml> -c {out / 'plan.yaml'}\n")
+        header = (
+            f"# task groups from gradient similarity ({result.batches} batches); compose with a config:\n"
+            f"#   mtlora fit --config <config.yaml> -c {out / 'plan.yaml'}\n"
+        )
         (out / "plan.yaml").write_text(header + yaml.safe_dump(plan, sort_keys=False))
         plot_heatmaps(result, str(out / "similarity.png"))
-        report = {"tasks": result.tasks, "groups": groups, "batches": result.batches,
-                  "seconds": result.seconds, "epoch_seconds_estimate": epoch,
-                  "overhead_fraction_of_epoch": result.seconds / epoch if epoch else None,
-                  "similarity": [m.tolist() for m in result.matrices]}
+        report = {
+            "tasks": result.tasks,
+            "groups": groups,
+            "batches": result.batches,
+            "seconds": result.seconds,
+            "epoch_seconds_estimate": epoch,
+            "overhead_fraction_of_epoch": result.seconds / epoch if epoch else None,
+            "similarity": [m.tolist() for m in result.matrices],
+        }
         write_json_atomic(out / "similarity.json", report)
         print(f"groups per stage: {groups}")
-        print(f"similarity took {result.seconds:.1f}s for {result.batches} batches "
-              f"(~{100 * report['overhead_fraction_of_epoch']:.1f}% of one training epoch); wrote {out}/plan.yaml")
+        print(
+            f"similarity took {result.seconds:.1f}s for {result.batches} batches "
+            f"(~{100 * report['overhead_fraction_of_epoch']:.1f}% of one training epoch); wrote {out}/plan.yaml"
+        )
         return report
 
-    def bench(self, model: LightningModule, datamodule: LightningDataModule | None = None,
-              batch_size: int | None = None, img_size: int | None = None, steps: int = 20, warmup: int = 5,
-              precision: Literal["auto", "bf16", "fp32"] = "auto", compile: bool = False,
-              variants: list[Literal["config", "full", "decoders", "checkpointing"]] | None = None,
-              peak_tflops: float | None = None, inference: bool = True, repeats: int = 1,
-              json_out: str | None = None) -> dict:
+    def bench(
+        self,
+        model: LightningModule,
+        datamodule: LightningDataModule | None = None,
+        batch_size: int | None = None,
+        img_size: int | None = None,
+        steps: int = 20,
+        warmup: int = 5,
+        precision: Literal["auto", "bf16", "fp32"] = "auto",
+        compile: bool = False,
+        variants: list[Literal["config", "full", "decoders", "checkpointing"]] | None = None,
+        peak_tflops: float | None = None,
+        inference: bool = True,
+        repeats: int = 1,
+        json_out: str | None = None,
+    ) -> dict:
         """Measure training/inference throughput, peak memory and MFU against full FT and decoders-only.
 
         Runs on the trainer's device (``--trainer.accelerator cpu|gpu``) with synthetic inputs;
@@ -117,9 +147,16 @@ class MTLoRATrainer(Trainer):
 
         device = self.strategy.root_device
         settings = BenchSettings(
-            batch_size=batch_size or (32 if device.type == "cuda" else 2), img_size=img_size, steps=steps,
-            warmup=warmup, precision=precision, compile=compile, variants=list(variants or BenchSettings().variants),
-            peak_tflops=peak_tflops, inference=inference, repeats=repeats,
+            batch_size=batch_size or (32 if device.type == "cuda" else 2),
+            img_size=img_size,
+            steps=steps,
+            warmup=warmup,
+            precision=precision,
+            compile=compile,
+            variants=list(variants or BenchSettings().variants),
+            peak_tflops=peak_tflops,
+            inference=inference,
+            repeats=repeats,
         )
         report = run_bench(model.model, model.criterion, settings, device)
         print(format_report(report))
@@ -127,8 +164,14 @@ class MTLoRATrainer(Trainer):
             write_json_atomic(Path(json_out), report)
         return report
 
-    def export(self, model: LightningModule, ckpt_path: str, datamodule: LightningDataModule | None = None,
-               out: str = "export", program: bool = True) -> dict:
+    def export(
+        self,
+        model: LightningModule,
+        ckpt_path: str,
+        datamodule: LightningDataModule | None = None,
+        out: str = "export",
+        program: bool = True,
+    ) -> dict:
         """Write an inference model with merged adapters: model.safetensors + config.json (+ model.pt2).
 
         The weights and the architecture come from the Lightning checkpoint (loaded weights-only);
@@ -145,17 +188,27 @@ class MTLoRATrainer(Trainer):
 
         loaded = MultiTaskModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
         if list(loaded.tasks) != list(model.tasks):
-            log.warning("checkpoint tasks %s differ from the config's %s; exporting the checkpoint's",
-                        loaded.tasks, model.tasks)
+            log.warning(
+                "checkpoint tasks %s differ from the config's %s; exporting the checkpoint's",
+                loaded.tasks,
+                model.tasks,
+            )
         config = export_model(loaded.model, out, program=program)
         merged = config["merged"]
-        print(f"exported {ckpt_path} -> {out}: {len(merged['shared'])} layers with the shared path merged, "
-              f"{len(merged['stream_paths'])} stream layers merged, {len(merged['low_rank_paths'])} branch layers "
-              f"keep low-rank task paths; files: {', '.join(f for f in config['files'].values() if f)}")
+        print(
+            f"exported {ckpt_path} -> {out}: {len(merged['shared'])} layers with the shared path merged, "
+            f"{len(merged['stream_paths'])} stream layers merged, {len(merged['low_rank_paths'])} branch layers "
+            f"keep low-rank task paths; files: {', '.join(f for f in config['files'].values() if f)}"
+        )
         return config
 
-    def export_adapters(self, model: LightningModule, ckpt_path: str, out: str = "adapters.safetensors",
-                        datamodule: LightningDataModule | None = None) -> dict:
+    def export_adapters(
+        self,
+        model: LightningModule,
+        ckpt_path: str,
+        out: str = "adapters.safetensors",
+        datamodule: LightningDataModule | None = None,
+    ) -> dict:
         """Write the trained part of a checkpoint (adapters, norms, heads) as a small safetensors file.
 
         The file holds the trainable parameters and the heads' BatchNorm statistics, the
@@ -179,6 +232,8 @@ class MTLoRATrainer(Trainer):
         metadata = save_adapters(loaded.model, out)
         size = Path(out).stat().st_size
         trainable = int(metadata["trainable_parameters"])
-        print(f"wrote {out}: {size / 1e6:.2f} MB, {trainable:,} trainable parameters "
-              f"(base {metadata['base_source'] or 'random init'}, sha256 {metadata['base_sha256'][:12]}...)")
+        print(
+            f"wrote {out}: {size / 1e6:.2f} MB, {trainable:,} trainable parameters "
+            f"(base {metadata['base_source'] or 'random init'}, sha256 {metadata['base_sha256'][:12]}...)"
+        )
         return {"out": out, "bytes": size, **{k: v for k, v in metadata.items() if k != "config"}}

@@ -15,9 +15,29 @@ from torch import Tensor
 from mtlora.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mtlora.tasks import IGNORE_INDEX, task_info
 
-VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-               "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-               "train", "tvmonitor"]
+VOC_CLASSES = [
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+]
 PART_CLASSES = ["background", "head", "torso", "upper arm", "lower arm", "upper leg", "lower leg"]
 
 
@@ -94,16 +114,23 @@ def render(task: str, value: np.ndarray, num_classes: int = 1) -> np.ndarray:
     cmap = matplotlib.colormaps["magma" if kind == "binary" else "viridis"]
     invalid = value == IGNORE_INDEX
     valid_values = value[~invalid]
-    lo, hi = (0.0, 1.0) if kind == "binary" else (
-        (float(valid_values.min()), float(valid_values.max())) if valid_values.size else (0.0, 1.0))
+    lo, hi = (
+        (0.0, 1.0)
+        if kind == "binary"
+        else ((float(valid_values.min()), float(valid_values.max())) if valid_values.size else (0.0, 1.0))
+    )
     scaled = np.clip((value - lo) / max(hi - lo, 1e-6), 0, 1)
     out = (cmap(scaled)[..., :3] * 255).astype(np.uint8)
     out[invalid] = 255
     return out
 
 
-def prediction_panel(image: Tensor, predictions: Mapping[str, Tensor], targets: Mapping[str, Tensor] | None = None,
-                     title: str = ""):
+def prediction_panel(
+    image: Tensor,
+    predictions: Mapping[str, Tensor],
+    targets: Mapping[str, Tensor] | None = None,
+    title: str = "",
+):
     """A figure: input on the left, one column per task, predictions on top, ground truth below."""
     import matplotlib
 
@@ -113,8 +140,9 @@ def prediction_panel(image: Tensor, predictions: Mapping[str, Tensor], targets: 
 
     tasks = list(predictions)
     rows = 2 if targets else 1
-    fig, axes = plt.subplots(rows, len(tasks) + 1, figsize=(2.6 * (len(tasks) + 1), 2.8 * rows + 0.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        rows, len(tasks) + 1, figsize=(2.6 * (len(tasks) + 1), 2.8 * rows + 0.6), squeeze=False
+    )
     axes[0][0].imshow(denormalise(image))
     axes[0][0].set_title("input", fontsize=9)
     for r in range(rows):
@@ -143,8 +171,13 @@ def prediction_panel(image: Tensor, predictions: Mapping[str, Tensor], targets: 
     return fig
 
 
-def save_panel(path: str, image: Tensor, predictions: Mapping[str, Tensor],
-               targets: Mapping[str, Tensor] | None = None, title: str = "") -> None:
+def save_panel(
+    path: str,
+    image: Tensor,
+    predictions: Mapping[str, Tensor],
+    targets: Mapping[str, Tensor] | None = None,
+    title: str = "",
+) -> None:
     import matplotlib.pyplot as plt
 
     fig = prediction_panel(image, predictions, targets, title)

@@ -19,8 +19,15 @@ def tiny_encoder(**overrides):
     """A 4-stage Swin small enough for unit tests (64 px, window 2, shifts in stages 1-3)."""
     from mtlora.models.model import EncoderConfig
 
-    base = dict(arch="swin_tiny", embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4], window_size=2,
-                img_size=64, drop_path_rate=0.0)
+    base = dict(
+        arch="swin_tiny",
+        embed_dim=16,
+        depths=[2, 2, 2, 2],
+        num_heads=[1, 2, 2, 4],
+        window_size=2,
+        img_size=64,
+        drop_path_rate=0.0,
+    )
     base.update(overrides)
     return EncoderConfig(**base)
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import PASCAL_CHANNELS, tiny_encoder
 
 from mtlora.baselines import BASELINE_CONFIGS, method_label
 from mtlora.cli import run_cli
@@ -16,6 +15,8 @@ from mtlora.models.model import MultiTaskModel, parameter_counts
 from mtlora.models.peft import PHMLinear, PHMRules, PromptedWindowAttention
 from mtlora.models.plans import AdapterConfig
 from mtlora.models.swin import window_partition
+
+from conftest import PASCAL_CHANNELS, tiny_encoder
 
 REPO = Path(__file__).parents[1]
 TASKS = list(PASCAL_CHANNELS)

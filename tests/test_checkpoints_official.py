@@ -15,7 +15,6 @@ import types
 
 import pytest
 import torch
-from conftest import PASCAL_CHANNELS, randomize_lora, tiny_encoder
 
 from mtlora.models.checkpoints import (
     CheckpointError,
@@ -31,6 +30,8 @@ from mtlora.models.checkpoints.official_mtlora import _convert_official
 from mtlora.models.checkpoints.serialization import RestrictedUnpickler
 from mtlora.models.model import EncoderConfig, MultiTaskModel
 from mtlora.models.plans import AdapterConfig
+
+from conftest import PASCAL_CHANNELS, randomize_lora, tiny_encoder
 
 TASKS = list(PASCAL_CHANNELS)  # semseg, human_parts, sal, normals: not alphabetical on purpose
 IMAGE = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))

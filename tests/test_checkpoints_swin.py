@@ -8,7 +8,6 @@ import pytest
 import safetensors.torch
 import timm
 import torch
-from conftest import tiny_encoder
 from timm.models.swin_transformer import SwinTransformer
 
 from mtlora.models.checkpoints import (
@@ -23,6 +22,8 @@ from mtlora.models.checkpoints import (
 from mtlora.models.model import MultiTaskModel
 from mtlora.models.plans import AdapterConfig
 from mtlora.models.swin import SwinEncoder
+
+from conftest import tiny_encoder
 
 TASKS = {"semseg": 21, "normals": 3}
 IMAGE = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))

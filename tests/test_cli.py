@@ -13,9 +13,16 @@ REPO_CONFIGS = Path(__file__).parents[1] / "configs"
 
 
 def fit(tmp_path, *extra):
-    args = ["fit", "--config", str(CONFIGS / "tiny_synthetic.yaml"),
-            "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
-            *extra]
+    args = [
+        "fit",
+        "--config",
+        str(CONFIGS / "tiny_synthetic.yaml"),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path),
+        *extra,
+    ]
     return run_cli(args)
 
 
@@ -24,7 +31,14 @@ def test_fit_mtlora_and_plus_writes_results_and_checkpoint(tmp_path, capsys, pat
     cli = fit(tmp_path, "--model.adapter.patch_merging", str(patch_merging).lower())
     model = cli.model.model
     assert model.adapter_config.patch_merging is patch_merging
-    assert list(model.tasks) == ["semseg", "human_parts", "sal", "normals", "edge", "depth"]  # linked from data
+    assert list(model.tasks) == [
+        "semseg",
+        "human_parts",
+        "sal",
+        "normals",
+        "edge",
+        "depth",
+    ]  # linked from data
     log_dir = Path(cli.trainer.log_dir)
     results = json.loads((log_dir / "val_results.json").read_text())["metrics"]
     for key in ("val/semseg/mIoU", "val/normals/mean", "val/sal/mIoU", "val/depth/rmse", "val/edge/odsF"):
@@ -44,8 +58,19 @@ def test_validate_and_test_write_json(tmp_path):
     ckpt = next(Path(cli.trainer.log_dir).glob("checkpoints/*.ckpt"))
     for stage in ("validate", "test"):
         out = tmp_path / stage
-        cli2 = run_cli([stage, "--config", str(CONFIGS / "tiny_synthetic.yaml"), "--ckpt_path", str(ckpt),
-                        "--trainer.logger.init_args.save_dir", str(out), "--trainer.default_root_dir", str(out)])
+        cli2 = run_cli(
+            [
+                stage,
+                "--config",
+                str(CONFIGS / "tiny_synthetic.yaml"),
+                "--ckpt_path",
+                str(ckpt),
+                "--trainer.logger.init_args.save_dir",
+                str(out),
+                "--trainer.default_root_dir",
+                str(out),
+            ]
+        )
         name = "val" if stage == "validate" else "test"
         data = json.loads((Path(cli2.trainer.log_dir) / f"{name}_results.json").read_text())
         assert data["ckpt_path"] == str(ckpt)
@@ -77,20 +102,38 @@ def test_summary_prints_official_counts(capsys, tmp_path):
     assert set(result["gmacs"]) >= {"encoder", "decoder/semseg", "decoder/normals", "total"}
 
 
-@pytest.mark.parametrize("name,trainable", [
-    ("swin_tiny_r32", 6_083_642), ("swin_tiny_r64", 8_344_634), ("swin_tiny_mtlora_plus_r4", 2_573_114),
-    ("swin_tiny_mtlora_plus_r8", 3_148_346), ("swin_tiny_mtlora_plus_r16", 4_298_810)])
+@pytest.mark.parametrize(
+    "name,trainable",
+    [
+        ("swin_tiny_r32", 6_083_642),
+        ("swin_tiny_r64", 8_344_634),
+        ("swin_tiny_mtlora_plus_r4", 2_573_114),
+        ("swin_tiny_mtlora_plus_r8", 3_148_346),
+        ("swin_tiny_mtlora_plus_r16", 4_298_810),
+    ],
+)
 def test_shipped_configs_counts(name, trainable, tmp_path):
     out = tmp_path / "s.json"
-    run_cli(["summary", "--config", str(REPO_CONFIGS / f"{name}.yaml"), "--macs", "false", "--json_out", str(out)])
+    run_cli(
+        ["summary", "--config", str(REPO_CONFIGS / f"{name}.yaml"), "--macs", "false", "--json_out", str(out)]
+    )
     assert json.loads(out.read_text())["parameters"]["trainable"] == trainable
 
 
 def test_paper_config_without_data_stops_with_clear_message(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(Exception) as err:
-        run_cli(["fit", "--config", str(REPO_CONFIGS / "swin_tiny_r16.yaml"), "--model.encoder.pretrained", "null",
-                 "--data.init_args.root", str(tmp_path / "missing" / "PASCAL_MT")])
+        run_cli(
+            [
+                "fit",
+                "--config",
+                str(REPO_CONFIGS / "swin_tiny_r16.yaml"),
+                "--model.encoder.pretrained",
+                "null",
+                "--data.init_args.root",
+                str(tmp_path / "missing" / "PASCAL_MT"),
+            ]
+        )
     msg = str(err.value)
     assert "PASCAL_MT" in msg and "configs/demo.yaml" in msg and "missing" in msg
 

@@ -4,24 +4,63 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_data import snapshot, write_fake_nyud, write_fake_pascal
 from mtlora.cli import run_cli
 from mtlora.data import DataError
 
+from fixtures_data import snapshot, write_fake_nyud, write_fake_pascal
+
 CONFIGS = Path(__file__).parents[1] / "configs"
-TINY = ["--model.encoder.pretrained", "null", "--model.encoder.embed_dim", "16",
-        "--model.encoder.depths", "[2, 2, 2, 2]", "--model.encoder.num_heads", "[1, 2, 2, 4]",
-        "--model.encoder.window_size", "2", "--model.encoder.drop_path_rate", "0.0",
-        "--data.img_size", "64", "--data.batch_size", "2", "--data.num_workers", "0",
-        "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--trainer.precision", "32-true",
-        "--trainer.accelerator", "cpu", "--trainer.check_val_every_n_epoch", "1", "--trainer.max_epochs", "1",
-        "--trainer.enable_progress_bar", "false"]
+TINY = [
+    "--model.encoder.pretrained",
+    "null",
+    "--model.encoder.embed_dim",
+    "16",
+    "--model.encoder.depths",
+    "[2, 2, 2, 2]",
+    "--model.encoder.num_heads",
+    "[1, 2, 2, 4]",
+    "--model.encoder.window_size",
+    "2",
+    "--model.encoder.drop_path_rate",
+    "0.0",
+    "--data.img_size",
+    "64",
+    "--data.batch_size",
+    "2",
+    "--data.num_workers",
+    "0",
+    "--trainer.max_steps",
+    "2",
+    "--trainer.limit_val_batches",
+    "1",
+    "--trainer.precision",
+    "32-true",
+    "--trainer.accelerator",
+    "cpu",
+    "--trainer.check_val_every_n_epoch",
+    "1",
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.enable_progress_bar",
+    "false",
+]
 
 
 def run_fit(config, root, tmp_path, *extra):
     out = tmp_path / "runs"
-    return run_cli(["fit", "--config", str(CONFIGS / config), "--data.root", str(root), *TINY,
-                    "--trainer.default_root_dir", str(out), *extra])
+    return run_cli(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / config),
+            "--data.root",
+            str(root),
+            *TINY,
+            "--trainer.default_root_dir",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def test_paper_config_trains_on_pascal_folder_without_writing_into_it(tmp_path):
@@ -58,7 +97,9 @@ def test_data_check_cli_lists_problems(tmp_path, capsys):
     (fake.root / "JPEGImages" / f"{fake.train[0]}.jpg").unlink()
     (fake.root / "sal_distill" / f"{fake.val[1]}.png").write_bytes(b"garbage")
     with pytest.raises(SystemExit) as status:
-        run_cli(["data", "check", "--config", str(CONFIGS / "swin_tiny_r16.yaml"), "--data.root", str(fake.root)])
+        run_cli(
+            ["data", "check", "--config", str(CONFIGS / "swin_tiny_r16.yaml"), "--data.root", str(fake.root)]
+        )
     assert status.value.code == 1
     out = capsys.readouterr().out
     assert f"{fake.train[0]}.jpg" in out and f"{fake.val[1]}.png" in out and "missing" in out

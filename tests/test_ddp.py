@@ -15,32 +15,71 @@ CONFIG = Path(__file__).parent / "configs" / "tiny_synthetic.yaml"
 
 def cli_subprocess(args, cwd):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    proc = subprocess.run([sys.executable, "-m", "mtlora.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mtlora.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
 def test_ddp_metrics_equal_single_process(tmp_path):
-    cli = run_cli(["fit", "--config", str(CONFIG), "--trainer.max_steps", "3", "--trainer.limit_val_batches", "1",
-                   "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path)])
+    cli = run_cli(
+        [
+            "fit",
+            "--config",
+            str(CONFIG),
+            "--trainer.max_steps",
+            "3",
+            "--trainer.limit_val_batches",
+            "1",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
+        ]
+    )
     ckpt = next(Path(cli.trainer.log_dir).glob("checkpoints/*.ckpt"))
     # 7 samples in batches of 3: rank 0 gets 4 (2 batches), rank 1 gets 3 (1 batch); a padding
     # sampler would count one image twice, and uneven batch counts must not hang
-    common = ["--config", str(CONFIG), "--ckpt_path", str(ckpt), "--data.init_args.val_size", "7",
-              "--data.init_args.test_size", "7", "--data.init_args.batch_size", "3", "--trainer.accelerator", "cpu"]
+    common = [
+        "--config",
+        str(CONFIG),
+        "--ckpt_path",
+        str(ckpt),
+        "--data.init_args.val_size",
+        "7",
+        "--data.init_args.test_size",
+        "7",
+        "--data.init_args.batch_size",
+        "3",
+        "--trainer.accelerator",
+        "cpu",
+    ]
     for stage, name in (("validate", "val"), ("test", "test")):
         results = {}
         for devices in (1, 2):
             out = tmp_path / f"{stage}_{devices}"
-            extra = ["--trainer.devices", str(devices), "--trainer.logger.init_args.save_dir", str(out),
-                     "--trainer.default_root_dir", str(out)]
+            extra = [
+                "--trainer.devices",
+                str(devices),
+                "--trainer.logger.init_args.save_dir",
+                str(out),
+                "--trainer.default_root_dir",
+                str(out),
+            ]
             if devices == 1:
                 run_cli([stage, *common, *extra])
             else:
                 cli_subprocess([stage, *common, *extra, "--trainer.strategy", "ddp"], cwd=tmp_path)
             results[devices] = json.loads(next(out.rglob(f"{name}_results.json")).read_text())["metrics"]
-        metric_keys = [k for k in results[1] if not k.endswith("/loss")]  # batch-mean losses depend on batching
+        metric_keys = [
+            k for k in results[1] if not k.endswith("/loss")
+        ]  # batch-mean losses depend on batching
         assert len(metric_keys) >= 15
         for key in metric_keys:
             assert results[2][key] == pytest.approx(results[1][key], rel=1e-5, abs=1e-6), (stage, key)

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PASCAL_CHANNELS, randomize_lora, tiny_encoder
 
 from mtlora.cli import run_cli
 from mtlora.export import export_model, load_exported
 from mtlora.models.model import MultiTaskModel
 from mtlora.models.plans import AdapterConfig
+
+from conftest import PASCAL_CHANNELS, randomize_lora, tiny_encoder
 
 CONFIGS = Path(__file__).parent / "configs"
 

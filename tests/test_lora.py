@@ -9,7 +9,9 @@ from mtlora.models.lora import LoRASpec, MultiPathLoRALinear, inject_lora
 
 def make_layer(mode="matrix", paths=("a", "b", "c"), shared_rank=3, path_rank=2, dropout=0.0, seed=0):
     torch.manual_seed(seed)
-    layer = MultiPathLoRALinear(nn.Linear(5, 7), LoRASpec(shared_rank, tuple(paths), path_rank, 4.0, 2.0, dropout, mode))
+    layer = MultiPathLoRALinear(
+        nn.Linear(5, 7), LoRASpec(shared_rank, tuple(paths), path_rank, 4.0, 2.0, dropout, mode)
+    )
     with torch.no_grad():
         for name, p in layer.named_parameters():
             if name.endswith("_B"):

@@ -51,6 +51,10 @@ def test_multitask_loss_weights_and_unknown_weight_names():
     crit = MultiTaskLoss(["semseg", "normals"], {"normals": 3.0})
     assert crit.weights == {"semseg": 1.0, "normals": 3.0}
     assert MultiTaskLoss(["sal", "edge", "human_parts", "depth"]).weights == {
-        "sal": 5.0, "edge": 50.0, "human_parts": 2.0, "depth": 1.0}
+        "sal": 5.0,
+        "edge": 50.0,
+        "human_parts": 2.0,
+        "depth": 1.0,
+    }
     with pytest.raises(ValueError, match="not trained"):
         MultiTaskLoss(["semseg"], {"sal": 1.0})

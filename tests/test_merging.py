@@ -2,12 +2,13 @@
 
 import pytest
 import torch
-from conftest import PASCAL_CHANNELS, randomize_lora, tiny_encoder
 
 from mtlora.models.lora import LoRASpec, MultiPathLoRALinear
 from mtlora.models.merging import is_merged, merge_model, unmerge_model
 from mtlora.models.model import MultiTaskModel
 from mtlora.models.plans import AdapterConfig
+
+from conftest import PASCAL_CHANNELS, randomize_lora, tiny_encoder
 
 GROUPS = [["semseg", "human_parts"], ["sal", "normals"]]
 ADAPTERS = {

@@ -6,11 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import PASCAL_CHANNELS, randomize_lora, tiny_encoder
 from mtlora.models.lora import MultiPathLoRALinear
 from mtlora.models.model import EncoderConfig, MultiTaskModel, parameter_counts
 from mtlora.models.plans import AdapterConfig, apply_plan
 from mtlora.models.swin import SwinEncoder
+
+from conftest import PASCAL_CHANNELS, randomize_lora, tiny_encoder
 
 # reference_mtlora.md §11: trainable counts of the official models (Swin-T, 448, 4 PASCAL tasks)
 OFFICIAL_TRAINABLE = {
@@ -20,7 +21,11 @@ OFFICIAL_TRAINABLE = {
     "plus_r4": (AdapterConfig(shared_rank=4, task_rank=None, patch_merging=True), 2_573_114, 30_039_674),
     "plus_r8": (AdapterConfig(shared_rank=8, task_rank=None, patch_merging=True), 3_148_346, 30_614_906),
     "plus_r16": (AdapterConfig(shared_rank=16, task_rank=None, patch_merging=True), 4_298_810, 31_765_370),
-    "plus_r16_pertask": (AdapterConfig(shared_rank=16, task_rank=4, patch_merging=True), 3_469_370, 30_935_930),
+    "plus_r16_pertask": (
+        AdapterConfig(shared_rank=16, task_rank=4, patch_merging=True),
+        3_469_370,
+        30_935_930,
+    ),
 }
 
 
@@ -47,17 +52,28 @@ def test_trainable_set_rules_mtlora_and_plus():
     assert "layers.0.blocks.0.attn.qkv.lora_shared_A" in trainable
     assert "layers.0.blocks.1.attn.proj.lora_paths_B" in trainable
     assert "layers.0.downsample.reduction.weight" in trainable  # MTLoRA: dense merging trained
-    assert {"patch_embed.proj.weight", "patch_embed.norm.weight", "layers.0.blocks.0.norm1.bias",
-            "layers.0.downsample.norm.weight", "layers.1.blocks.0.attn.relative_position_bias_table"} <= trainable
-    assert {"layers.0.blocks.0.attn.qkv.linear.weight", "layers.0.blocks.0.attn.qkv.linear.bias",
-            "layers.2.blocks.1.mlp.fc2.linear.bias"} <= frozen
+    assert {
+        "patch_embed.proj.weight",
+        "patch_embed.norm.weight",
+        "layers.0.blocks.0.norm1.bias",
+        "layers.0.downsample.norm.weight",
+        "layers.1.blocks.0.attn.relative_position_bias_table",
+    } <= trainable
+    assert {
+        "layers.0.blocks.0.attn.qkv.linear.weight",
+        "layers.0.blocks.0.attn.qkv.linear.bias",
+        "layers.2.blocks.1.mlp.fc2.linear.bias",
+    } <= frozen
     assert not any("lora_paths" in n for n in trainable if ".blocks.0." in n)  # TS only in the last block
     assert not any(n.endswith("qkv.lora_paths_A") for n in trainable)  # qkv never task-specific
     assert all(p.requires_grad for p in model.decoder.parameters())
 
     plus = MultiTaskModel(PASCAL_CHANNELS, tiny_encoder(), AdapterConfig(shared_rank=4, patch_merging=True))
     names = {n: p.requires_grad for n, p in plus.backbone.named_parameters()}
-    assert names["layers.0.downsample.reduction.lora_shared_A"] and not names["layers.0.downsample.reduction.linear.weight"]
+    assert (
+        names["layers.0.downsample.reduction.lora_shared_A"]
+        and not names["layers.0.downsample.reduction.linear.weight"]
+    )
 
 
 def test_zero_init_adapters_equal_plain_encoder():
@@ -75,6 +91,7 @@ def test_zero_init_adapters_equal_plain_encoder():
 
 def reference_branch_block(blk, x, tasks):
     """Straightforward per-task loop of reference §2 (official data flow, matrix mode)."""
+
     def lora(layer, inp, t):
         return layer.path_scale * inp @ layer.lora_paths_A[t].T @ layer.lora_paths_B[t].T
 
@@ -128,8 +145,13 @@ def test_output_shapes_and_gradients_small():
     model = MultiTaskModel({**PASCAL_CHANNELS, "edge": 1, "depth": 1}, tiny_encoder(drop_path_rate=0.1))
     out = model(torch.randn(2, 3, 64, 64))
     assert {k: tuple(v.shape) for k, v in out.items()} == {
-        "semseg": (2, 21, 64, 64), "human_parts": (2, 7, 64, 64), "sal": (2, 1, 64, 64),
-        "normals": (2, 3, 64, 64), "edge": (2, 1, 64, 64), "depth": (2, 1, 64, 64)}
+        "semseg": (2, 21, 64, 64),
+        "human_parts": (2, 7, 64, 64),
+        "sal": (2, 1, 64, 64),
+        "normals": (2, 3, 64, 64),
+        "edge": (2, 1, 64, 64),
+        "depth": (2, 1, 64, 64),
+    }
     sum(v.mean() for v in out.values()).backward()
     for name, p in model.named_parameters():
         if p.requires_grad and "lora_" not in name:
@@ -142,15 +164,21 @@ def test_output_shapes_at_448_swin_tiny():
     model = MultiTaskModel(PASCAL_CHANNELS, EncoderConfig(drop_path_rate=0.0)).eval()
     with torch.no_grad():
         feats = model.backbone(torch.randn(1, 3, 448, 448))
-        assert [tuple(f.shape) for f in feats] == [(4, 1, 56, 56, 192), (4, 1, 28, 28, 384), (4, 1, 14, 14, 768),
-                                                   (4, 1, 14, 14, 768)]
+        assert [tuple(f.shape) for f in feats] == [
+            (4, 1, 56, 56, 192),
+            (4, 1, 28, 28, 384),
+            (4, 1, 14, 14, 768),
+            (4, 1, 14, 14, 768),
+        ]
         out = model.decoder(feats, model.plan.stage_task_streams, (448, 448))
     assert out["semseg"].shape == (1, 21, 448, 448) and out["normals"].shape == (1, 3, 448, 448)
 
 
 @pytest.mark.parametrize("mode", ["matrixv2", "addition", "lora_only"])
 def test_other_shared_modes_run(mode):
-    model = MultiTaskModel(PASCAL_CHANNELS, tiny_encoder(), AdapterConfig(shared_rank=4, task_rank=2, shared_mode=mode))
+    model = MultiTaskModel(
+        PASCAL_CHANNELS, tiny_encoder(), AdapterConfig(shared_rank=4, task_rank=2, shared_mode=mode)
+    )
     out = model(torch.randn(1, 3, 64, 64))
     assert out["semseg"].shape == (1, 21, 64, 64)
     has_paths = any(isinstance(m, MultiPathLoRALinear) and m.num_paths for m in model.modules())

@@ -7,9 +7,10 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from conftest import PASCAL_CHANNELS, tiny_encoder
 from mtlora.models.plans import AdapterConfig
 from mtlora.module import MultiTaskModule, warmup_cosine
+
+from conftest import PASCAL_CHANNELS, tiny_encoder
 
 
 def test_warmup_cosine_shape():
@@ -23,14 +24,26 @@ def test_warmup_cosine_shape():
 
 
 def make_module(**kw):
-    return MultiTaskModule(PASCAL_CHANNELS, tiny_encoder(), AdapterConfig(shared_rank=4, task_rank=2),
-                           delta_m_baseline=None, **kw)
+    return MultiTaskModule(
+        PASCAL_CHANNELS,
+        tiny_encoder(),
+        AdapterConfig(shared_rank=4, task_rank=2),
+        delta_m_baseline=None,
+        **kw,
+    )
 
 
 def test_lr_scaled_by_global_batch_and_param_groups():
     module = make_module(batch_size=32, lr=5e-4, warmup_lr=5e-7, min_lr=5e-6, warmup_epochs=1)
-    trainer = Trainer(max_epochs=4, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                      accumulate_grad_batches=2, enable_progress_bar=False)
+    trainer = Trainer(
+        max_epochs=4,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        accumulate_grad_batches=2,
+        enable_progress_bar=False,
+    )
     trainer.strategy.connect(module)
     module.trainer = trainer
     assert module.lr_scale() == pytest.approx(32 * 1 * 2 / 512)
@@ -67,5 +80,6 @@ def test_hparams_are_plain_types():
         assert isinstance(module.hparams[key], dict)
     restored = MultiTaskModule(**module.hparams)
     assert restored.model.adapter_config == module.model.adapter_config
-    torch.testing.assert_close(sum(p.numel() for p in restored.parameters()),
-                               sum(p.numel() for p in module.parameters()))
+    torch.testing.assert_close(
+        sum(p.numel() for p in restored.parameters()), sum(p.numel() for p in module.parameters())
+    )

@@ -5,10 +5,11 @@ import copy
 import pytest
 import torch
 
-from conftest import PASCAL_CHANNELS, randomize_lora, tiny_encoder
 from mtlora.models.lora import MultiPathLoRALinear
 from mtlora.models.model import MultiTaskModel
 from mtlora.models.plans import AdapterConfig
+
+from conftest import PASCAL_CHANNELS, randomize_lora, tiny_encoder
 
 TASKS = list(PASCAL_CHANNELS)
 GROUPS = [["semseg", "human_parts"], ["sal", "normals"]]
@@ -16,7 +17,9 @@ GROUPS = [["semseg", "human_parts"], ["sal", "normals"]]
 
 def build(seed=0, **adapter):
     torch.manual_seed(seed)
-    return MultiTaskModel(PASCAL_CHANNELS, tiny_encoder(), AdapterConfig(shared_rank=4, task_rank=2, **adapter)).eval()
+    return MultiTaskModel(
+        PASCAL_CHANNELS, tiny_encoder(), AdapterConfig(shared_rank=4, task_rank=2, **adapter)
+    ).eval()
 
 
 def test_explicit_mtlora_plan_equals_mtlora_model():
@@ -43,9 +46,16 @@ def test_task_agnostic_plan_equals_lora_only_mode():
 
 
 def test_stream_tree_shapes_and_routes():
-    model = build(method="progressive", groups=["shared", "shared", GROUPS, "tasks"], split_block=[None, None, 1, 0])
+    model = build(
+        method="progressive", groups=["shared", "shared", GROUPS, "tasks"], split_block=[None, None, 1, 0]
+    )
     kinds = [[blk.kind for blk in stage.blocks] for stage in model.backbone.layers]
-    assert kinds == [["shared", "shared"], ["shared", "shared"], ["shared", "streams"], ["streams", "streams"]]
+    assert kinds == [
+        ["shared", "shared"],
+        ["shared", "shared"],
+        ["shared", "streams"],
+        ["streams", "streams"],
+    ]
     feats = model.backbone(torch.randn(2, 3, 64, 64))
     assert [f.shape[0] for f in feats] == [1, 1, 2, 4]  # shared, shared, 2 groups, 4 tasks
     assert model.plan.stage_task_streams == [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 1, 1], [0, 1, 2, 3]]
@@ -94,17 +104,29 @@ def test_per_task_plan_streams_are_independent():
         torch.testing.assert_close(before[t], after[t], atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("plan,message", [
-    (["shared"] * 3, "expected 4 stages"),
-    ([["shared"]] + ["shared"] * 3, "stage 0 has 2 blocks"),
-    (["shared", "shared", [["semseg"], ["sal", "normals"]], "tasks"], "missing \\['human_parts'\\]"),
-    (["shared", "shared", [["semseg", "semseg", "human_parts"], ["sal", "normals"]], "tasks"], "in several groups"),
-    (["shared", "shared", [["semseg", "human_parts", "depth"], ["sal", "normals"]], "tasks"], "unknown \\['depth'\\]"),
-    (["shared", "shared", [[], ["semseg", "human_parts", "sal", "normals"]], "tasks"], "empty task group"),
-    (["shared", "tasks", GROUPS, "tasks"], "do not refine"),
-    (["shared", "tasks", "shared", "shared"], "after the streams split"),
-    (["shared", "mystery", "shared", "shared"], "expected 'shared', 'branch', 'tasks'"),
-])
+@pytest.mark.parametrize(
+    "plan,message",
+    [
+        (["shared"] * 3, "expected 4 stages"),
+        ([["shared"]] + ["shared"] * 3, "stage 0 has 2 blocks"),
+        (["shared", "shared", [["semseg"], ["sal", "normals"]], "tasks"], "missing \\['human_parts'\\]"),
+        (
+            ["shared", "shared", [["semseg", "semseg", "human_parts"], ["sal", "normals"]], "tasks"],
+            "in several groups",
+        ),
+        (
+            ["shared", "shared", [["semseg", "human_parts", "depth"], ["sal", "normals"]], "tasks"],
+            "unknown \\['depth'\\]",
+        ),
+        (
+            ["shared", "shared", [[], ["semseg", "human_parts", "sal", "normals"]], "tasks"],
+            "empty task group",
+        ),
+        (["shared", "tasks", GROUPS, "tasks"], "do not refine"),
+        (["shared", "tasks", "shared", "shared"], "after the streams split"),
+        (["shared", "mystery", "shared", "shared"], "expected 'shared', 'branch', 'tasks'"),
+    ],
+)
 def test_plan_validation_errors(plan, message):
     with pytest.raises(ValueError, match=message):
         build(plan=plan)
@@ -112,4 +134,8 @@ def test_plan_validation_errors(plan, message):
 
 def test_progressive_split_block_outside_stage():
     with pytest.raises(ValueError, match="outside stage 2"):
-        build(method="progressive", groups=["shared", "shared", GROUPS, "tasks"], split_block=[None, None, 5, None])
+        build(
+            method="progressive",
+            groups=["shared", "shared", GROUPS, "tasks"],
+            split_block=[None, None, 5, None],
+        )

@@ -17,15 +17,41 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("fit")
-    cli = run_cli(["fit", "--config", str(CONFIG), "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
-                   "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out)])
+    cli = run_cli(
+        [
+            "fit",
+            "--config",
+            str(CONFIG),
+            "--trainer.max_steps",
+            "2",
+            "--trainer.limit_val_batches",
+            "1",
+            "--trainer.default_root_dir",
+            str(out),
+            "--trainer.logger.init_args.save_dir",
+            str(out),
+        ]
+    )
     return next(Path(cli.trainer.log_dir).glob("checkpoints/*.ckpt"))
 
 
 def test_predict_on_data_split_writes_panels_with_ground_truth(tmp_path, checkpoint):
     out = tmp_path / "pred"
-    run_cli(["predict", "--config", str(CONFIG), "--ckpt_path", str(checkpoint), "--data.test_size", "3",
-             "--trainer.logger.init_args.save_dir", str(out), "--trainer.default_root_dir", str(out)])
+    run_cli(
+        [
+            "predict",
+            "--config",
+            str(CONFIG),
+            "--ckpt_path",
+            str(checkpoint),
+            "--data.test_size",
+            "3",
+            "--trainer.logger.init_args.save_dir",
+            str(out),
+            "--trainer.default_root_dir",
+            str(out),
+        ]
+    )
     panels = sorted(out.rglob("predictions/*.png"))
     assert len(panels) == 3
     for path in panels:
@@ -42,10 +68,27 @@ def test_predict_on_image_folder(tmp_path, checkpoint):
         Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(images / name)
     (images / "notes.txt").write_text("not an image")
     out = tmp_path / "pred"
-    run_cli(["predict", "--config", str(CONFIG), "--ckpt_path", str(checkpoint),
-             "--data", "mtlora.data.ImageFolderDataModule", "--data.root", str(images), "--data.img_size", "64",
-             "--data.tasks", "[semseg, human_parts, sal, normals, edge, depth]",
-             "--trainer.logger.init_args.save_dir", str(out), "--trainer.default_root_dir", str(out)])
+    run_cli(
+        [
+            "predict",
+            "--config",
+            str(CONFIG),
+            "--ckpt_path",
+            str(checkpoint),
+            "--data",
+            "mtlora.data.ImageFolderDataModule",
+            "--data.root",
+            str(images),
+            "--data.img_size",
+            "64",
+            "--data.tasks",
+            "[semseg, human_parts, sal, normals, edge, depth]",
+            "--trainer.logger.init_args.save_dir",
+            str(out),
+            "--trainer.default_root_dir",
+            str(out),
+        ]
+    )
     panels = sorted(p.name for p in out.rglob("predictions/*.png"))
     assert panels == ["a.png", "b.png"]
 

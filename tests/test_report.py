@@ -9,11 +9,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import tiny_encoder
 from lightning.pytorch.loggers import CSVLogger
 
 from mtlora.cli import run_cli
 from mtlora.report import ReportError, build_report, pareto_front, read_wandb_runs
+
+from conftest import tiny_encoder
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -6,17 +6,20 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_encoder
 from mtlora.cli import run_cli
 from mtlora.models.model import MultiTaskModel
 from mtlora.models.plans import AdapterConfig
 from mtlora.similarity import constrained_average_linkage, group_tasks, task_gradient_similarity
 
+from conftest import tiny_encoder
+
 CONFIGS = Path(__file__).parent / "configs"
 
 
 def test_constrained_average_linkage_respects_parents():
-    sim = torch.tensor([[1.0, 0.9, 0.1, 0.2], [0.9, 1.0, 0.0, 0.1], [0.1, 0.0, 1.0, 0.95], [0.2, 0.1, 0.95, 1.0]])
+    sim = torch.tensor(
+        [[1.0, 0.9, 0.1, 0.2], [0.9, 1.0, 0.0, 0.1], [0.1, 0.0, 1.0, 0.95], [0.2, 0.1, 0.95, 1.0]]
+    )
     assert constrained_average_linkage(sim, 2) == [[0, 1], [2, 3]]
     # a parent partition that separates 2 and 3 forbids merging them
     assert constrained_average_linkage(sim, 2, parents=[[0, 1, 2], [3]]) == [[0, 1, 2], [3]]
@@ -36,27 +39,61 @@ def test_identical_tasks_group_and_unrelated_task_stays_apart():
         while True:
             labels = torch.randint(0, 7, (2, 64, 64), generator=g)
             normals = torch.nn.functional.normalize(torch.randn(2, 3, 64, 64, generator=g), dim=1)
-            yield {"image": torch.randn(2, 3, 64, 64, generator=g), "semseg": labels,
-                   "human_parts": labels.clone(), "normals": normals}
+            yield {
+                "image": torch.randn(2, 3, 64, 64, generator=g),
+                "semseg": labels,
+                "human_parts": labels.clone(),
+                "normals": normals,
+            }
 
     result = task_gradient_similarity(model, batches(), num_batches=2)
     for m in result.matrices:
         assert m.shape == (3, 3)
         assert m[0, 1].item() == pytest.approx(1.0, abs=1e-4)
         assert m[0, 2].item() < 0.99
-    assert group_tasks(result, [1, 1, 2, 3]) == ["shared", "shared", [["semseg", "human_parts"], ["normals"]], "tasks"]
+    assert group_tasks(result, [1, 1, 2, 3]) == [
+        "shared",
+        "shared",
+        [["semseg", "human_parts"], ["normals"]],
+        "tasks",
+    ]
 
 
 def test_similarity_cli_writes_plan_heatmap_and_plan_trains(tmp_path):
     out = tmp_path / "sim"
-    run_cli(["similarity", "--config", str(CONFIGS / "tiny_synthetic.yaml"), "--batches", "2",
-             "--out_dir", str(out), "--trainer.logger", "false"])
+    run_cli(
+        [
+            "similarity",
+            "--config",
+            str(CONFIGS / "tiny_synthetic.yaml"),
+            "--batches",
+            "2",
+            "--out_dir",
+            str(out),
+            "--trainer.logger",
+            "false",
+        ]
+    )
     plan = yaml.safe_load((out / "plan.yaml").read_text())
     groups = plan["model"]["adapter"]["groups"]
     assert len(groups) == 4 and groups[0] == "shared" and groups[-1] == "tasks"
     assert (out / "similarity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    cli = run_cli(["fit", "--config", str(CONFIGS / "tiny_synthetic.yaml"), "-c", str(out / "plan.yaml"),
-                   "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
-                   "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"])
+    cli = run_cli(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "tiny_synthetic.yaml"),
+            "-c",
+            str(out / "plan.yaml"),
+            "--trainer.max_steps",
+            "2",
+            "--trainer.limit_val_batches",
+            "1",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.logger",
+            "false",
+        ]
+    )
     assert cli.model.model.adapter_config.method == "progressive"
     assert cli.model.model.backbone.layers[3].blocks[0].kind == "streams"

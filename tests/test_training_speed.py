@@ -11,12 +11,13 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import PASCAL_CHANNELS, randomize_lora, tiny_encoder
 
 from mtlora.bench import ValueReadCounter, synthetic_batch
 from mtlora.models.model import MultiTaskModel
 from mtlora.models.plans import AdapterConfig
 from mtlora.module import MultiTaskModule
+
+from conftest import PASCAL_CHANNELS, randomize_lora, tiny_encoder
 
 ALL_TASKS = {**PASCAL_CHANNELS, "edge": 1, "depth": 1}
 PROGRESSIVE = AdapterConfig(

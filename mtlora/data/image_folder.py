@@ -32,8 +32,10 @@ class ImageFolderDataset(Dataset):
         rgb = read_rgb(path)  # raises DataError naming the file
         resized = cv2.resize(rgb, (self.img_size, self.img_size), interpolation=cv2.INTER_CUBIC)
         image = ((resized.astype(np.float32) - self.mean) / self.std).transpose(2, 0, 1)
-        return {"image": torch.from_numpy(np.ascontiguousarray(image)),
-                "meta": {"id": path.stem, "size": rgb.shape[:2], "path": str(path)}}
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image)),
+            "meta": {"id": path.stem, "size": rgb.shape[:2], "path": str(path)},
+        }
 
 
 class ImageFolderDataModule(MultiTaskDataModule):
@@ -45,10 +47,18 @@ class ImageFolderDataModule(MultiTaskDataModule):
         semseg_classes: class count of the training data set (PASCAL 21, NYUD 40).
     """
 
-    def __init__(self, root: str, tasks: list[str], semseg_classes: int = 21, img_size: int = 448,
-                 batch_size: int = 8, num_workers: int = 0) -> None:
-        super().__init__(tasks=tasks, batch_size=batch_size, num_workers=num_workers, img_size=img_size,
-                         augment=False)
+    def __init__(
+        self,
+        root: str,
+        tasks: list[str],
+        semseg_classes: int = 21,
+        img_size: int = 448,
+        batch_size: int = 8,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(
+            tasks=tasks, batch_size=batch_size, num_workers=num_workers, img_size=img_size, augment=False
+        )
         self.root = Path(root).expanduser()
         self._semseg_classes = int(semseg_classes)
 
@@ -69,5 +79,10 @@ class ImageFolderDataModule(MultiTaskDataModule):
             raise DataError("ImageFolderDataModule has no labels: use it with `mtlora predict` only")
 
     def predict_dataloader(self) -> DataLoader:
-        return DataLoader(ImageFolderDataset(self.files(), self.img_size), batch_size=self.batch_size,
-                          shuffle=False, num_workers=self.num_workers, collate_fn=collate_multitask)
+        return DataLoader(
+            ImageFolderDataset(self.files(), self.img_size),
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=collate_multitask,
+        )

@@ -21,7 +21,9 @@ class TaskFusion(nn.Module):
     def __init__(self, in_channels: Sequence[int], out_channels: Sequence[int]) -> None:
         super().__init__()
         if len(in_channels) != len(out_channels):
-            raise ValueError(f"decoder channels {list(out_channels)} must have one entry per stage ({len(in_channels)})")
+            raise ValueError(
+                f"decoder channels {list(out_channels)} must have one entry per stage ({len(in_channels)})"
+            )
         for k, (cin, cout) in enumerate(zip(in_channels, out_channels)):
             self.add_module(f"downsample_{k}", nn.Conv2d(cin, cout, 1, bias=False))
         self.num_inputs = len(in_channels)
@@ -61,15 +63,20 @@ class HRNetHead(nn.Module):
 class MultiTaskDecoder(nn.Module):
     """Fusion + head per task; ``forward`` maps per-stage stream stacks to ``{task: logits}``."""
 
-    def __init__(self, task_channels: dict[str, int], encoder_channels: Sequence[int],
-                 decoder_channels: Sequence[int] = (18, 36, 72, 144)) -> None:
+    def __init__(
+        self,
+        task_channels: dict[str, int],
+        encoder_channels: Sequence[int],
+        decoder_channels: Sequence[int] = (18, 36, 72, 144),
+    ) -> None:
         super().__init__()
         self.tasks = list(task_channels)
         self.fusion = nn.ModuleDict({t: TaskFusion(encoder_channels, decoder_channels) for t in self.tasks})
         self.heads = nn.ModuleDict({t: HRNetHead(decoder_channels, c) for t, c in task_channels.items()})
 
-    def forward(self, features: Sequence[Tensor], task_streams: Sequence[Sequence[int]],
-                out_size: tuple[int, int]) -> dict[str, Tensor]:
+    def forward(
+        self, features: Sequence[Tensor], task_streams: Sequence[Sequence[int]], out_size: tuple[int, int]
+    ) -> dict[str, Tensor]:
         """``features[k]`` is ``(S_k, B, h, w, C)``; ``task_streams[k][t]`` picks task t's stream."""
         outputs = {}
         for ti, task in enumerate(self.tasks):

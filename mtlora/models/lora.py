@@ -72,7 +72,9 @@ class MultiPathLoRALinear(nn.Module):
         if mode == "lora_only":
             raise ValueError("mode 'lora_only' means no stream paths; build the spec without path_names")
         if spec.shared_rank < 0 or spec.path_rank < 0:
-            raise ValueError(f"LoRA ranks must be >= 0, got shared {spec.shared_rank}, paths {spec.path_rank}")
+            raise ValueError(
+                f"LoRA ranks must be >= 0, got shared {spec.shared_rank}, paths {spec.path_rank}"
+            )
         if spec.path_names and spec.path_rank <= 0:
             raise ValueError(f"path rank must be > 0 for paths {spec.path_names}, got {spec.path_rank}")
         self.linear = linear
@@ -119,8 +121,9 @@ class MultiPathLoRALinear(nn.Module):
         GEMM's ``alpha`` and the sum is written once.
         """
         h = x_dropped.reshape(-1, self.in_features) @ self.lora_shared_A.t()  # (M, r)
-        y = torch.addmm(out.reshape(-1, self.out_features), h, self.lora_shared_B.t(),
-                        alpha=sign * self.shared_scale)
+        y = torch.addmm(
+            out.reshape(-1, self.out_features), h, self.lora_shared_B.t(), alpha=sign * self.shared_scale
+        )
         return y.view(out.shape)
 
     def path_deltas(self, u: Tensor, base: Tensor, per_path: bool) -> Tensor:
@@ -137,7 +140,10 @@ class MultiPathLoRALinear(nn.Module):
             flat = u.reshape(-1, self.in_features)  # (M, in)
             h = (flat @ self.lora_paths_A.reshape(n * r, self.in_features).t()).view(-1, n, r).transpose(0, 1)
         out = torch.baddbmm(
-            base.reshape(n, -1, self.out_features), h, self.lora_paths_B.transpose(1, 2), alpha=self.path_scale
+            base.reshape(n, -1, self.out_features),
+            h,
+            self.lora_paths_B.transpose(1, 2),
+            alpha=self.path_scale,
         )
         return out.view(base.shape)
 

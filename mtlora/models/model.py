@@ -47,11 +47,19 @@ class EncoderConfig:
     def swin_config(self) -> SwinConfig:
         if self.arch not in SWIN_SIZES:
             raise ValueError(f"encoder.arch: unknown {self.arch!r}; choose one of {list(SWIN_SIZES)}")
-        overrides = dict(embed_dim=self.embed_dim, depths=tuple(self.depths) if self.depths else None,
-                         num_heads=tuple(self.num_heads) if self.num_heads else None)
-        return SwinConfig.named(self.arch, img_size=self.img_size, window_size=self.window_size,
-                                drop_path_rate=self.drop_path_rate,
-                                gradient_checkpointing=self.gradient_checkpointing, **overrides)
+        overrides = dict(
+            embed_dim=self.embed_dim,
+            depths=tuple(self.depths) if self.depths else None,
+            num_heads=tuple(self.num_heads) if self.num_heads else None,
+        )
+        return SwinConfig.named(
+            self.arch,
+            img_size=self.img_size,
+            window_size=self.window_size,
+            drop_path_rate=self.drop_path_rate,
+            gradient_checkpointing=self.gradient_checkpointing,
+            **overrides,
+        )
 
 
 @dataclass
@@ -69,9 +77,14 @@ class DecoderConfig:
 class MultiTaskModel(nn.Module):
     """``forward(image) -> {task: logits (B, C_t, H, W)}`` for every task in ``task_channels``."""
 
-    def __init__(self, task_channels: dict[str, int], encoder: EncoderConfig | None = None,
-                 adapter: AdapterConfig | None = None, decoder: DecoderConfig | None = None,
-                 load_pretrained: bool = True) -> None:
+    def __init__(
+        self,
+        task_channels: dict[str, int],
+        encoder: EncoderConfig | None = None,
+        adapter: AdapterConfig | None = None,
+        decoder: DecoderConfig | None = None,
+        load_pretrained: bool = True,
+    ) -> None:
         super().__init__()
         self.tasks = validate_tasks(list(task_channels), "task_channels")
         self.encoder_config = encoder or EncoderConfig()
@@ -81,7 +94,9 @@ class MultiTaskModel(nn.Module):
         if load_pretrained and self.encoder_config.pretrained:
             self.load_pretrained()
         self.plan: PlanReport = apply_plan(self.backbone, self.adapter_config, self.tasks)
-        self.decoder = MultiTaskDecoder(task_channels, self.backbone.out_channels, self.decoder_config.channels)
+        self.decoder = MultiTaskDecoder(
+            task_channels, self.backbone.out_channels, self.decoder_config.channels
+        )
 
     def load_pretrained(self, source: str | None = None):
         """Load ImageNet Swin weights into the encoder (before or after adapter injection)."""
@@ -108,6 +123,7 @@ class MultiTaskModel(nn.Module):
 
 def parameter_counts(model: MultiTaskModel) -> dict[str, int]:
     """Total and trainable parameters, split into encoder and decoder."""
+
     def count(module: nn.Module, trainable: bool) -> int:
         return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
 

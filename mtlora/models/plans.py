@@ -142,8 +142,10 @@ PlanToken = str | list  # "shared" | "branch" | "tasks" | [[task, ...], ...]
 
 
 def _is_partition(entry) -> bool:
-    return isinstance(entry, (list, tuple)) and bool(entry) and all(
-        isinstance(g, (list, tuple)) and all(isinstance(t, str) for t in g) for g in entry
+    return (
+        isinstance(entry, (list, tuple))
+        and bool(entry)
+        and all(isinstance(g, (list, tuple)) and all(isinstance(t, str) for t in g) for g in entry)
     )
 
 
@@ -183,7 +185,9 @@ def mtlora_plan(depths: list[int]) -> list[list[PlanToken]]:
 def progressive_plan(cfg: AdapterConfig, depths: list[int]) -> list[list[PlanToken]]:
     """Per-stage ``groups`` switched on at ``split_block`` (earlier blocks keep the previous ones)."""
     groups = per_stage(cfg.groups if cfg.groups is not None else ["shared"], len(depths), "adapter.groups")
-    split = per_stage(cfg.split_block if cfg.split_block is not None else [None], len(depths), "adapter.split_block")
+    split = per_stage(
+        cfg.split_block if cfg.split_block is not None else [None], len(depths), "adapter.split_block"
+    )
     plan, current = [], "shared"
     for i, d in enumerate(depths):
         start = split[i] or 0
@@ -208,8 +212,10 @@ def block_plans(cfg: AdapterConfig, tasks: list[str], depths: list[int]) -> list
     """
     if cfg.method in ("full", "decoders", "bitfit", *PEFT_METHODS):
         if cfg.plan is not None and cfg.method not in ("full", "decoders"):
-            raise ValueError(f"adapter.plan: method {cfg.method!r} runs one shared stream; only mtlora and "
-                             "progressive take a sharing plan (set plan: null)")
+            raise ValueError(
+                f"adapter.plan: method {cfg.method!r} runs one shared stream; only mtlora and "
+                "progressive take a sharing plan (set plan: null)"
+            )
         return [[BlockPlan() for _ in range(d)] for d in depths]
     if cfg.plan is not None:
         raw = cfg.plan
@@ -231,9 +237,13 @@ def block_plans(cfg: AdapterConfig, tasks: list[str], depths: list[int]) -> list
         for j, token in enumerate(tokens):
             blk = _parse_token(token, tasks, f"adapter.plan[{i}][{j}]")
             if blk.kind != "streams" and current is not None:
-                raise ValueError(f"adapter.plan[{i}][{j}]: {token!r} after the streams split at an earlier block")
+                raise ValueError(
+                    f"adapter.plan[{i}][{j}]: {token!r} after the streams split at an earlier block"
+                )
             if blk.kind == "streams":
-                if current is not None and not all(any(set(g) <= set(p) for p in current) for g in blk.groups):
+                if current is not None and not all(
+                    any(set(g) <= set(p) for p in current) for g in blk.groups
+                ):
                     raise ValueError(
                         f"adapter.plan[{i}][{j}]: groups {[list(g) for g in blk.groups]} do not refine the "
                         f"previous {[list(g) for g in current]}: streams can only split as they go deeper"
@@ -253,9 +263,13 @@ def apply_plan(encoder: SwinEncoder, cfg: AdapterConfig, tasks: list[str]) -> Pl
         if bad:
             raise ValueError(f"adapter.{opt}: unknown layer names {bad}; choose from {list(LINEAR_TARGETS)}")
     shared_rank = per_stage(cfg.shared_rank, n, "adapter.shared_rank")
-    task_rank = per_stage(cfg.task_rank if cfg.task_rank is not None else cfg.shared_rank, n, "adapter.task_rank")
+    task_rank = per_stage(
+        cfg.task_rank if cfg.task_rank is not None else cfg.shared_rank, n, "adapter.task_rank"
+    )
     shared_scale = per_stage(cfg.shared_scale, n, "adapter.shared_scale")
-    task_scale = per_stage(cfg.task_scale if cfg.task_scale is not None else cfg.shared_scale, n, "adapter.task_scale")
+    task_scale = per_stage(
+        cfg.task_scale if cfg.task_scale is not None else cfg.shared_scale, n, "adapter.task_scale"
+    )
     dropout = per_stage(cfg.dropout, n, "adapter.dropout")
     uses_lora = cfg.method in ("mtlora", "progressive")
     if uses_lora:
@@ -271,7 +285,9 @@ def apply_plan(encoder: SwinEncoder, cfg: AdapterConfig, tasks: list[str]) -> Pl
         if not m or not uses_lora:
             return None
         i = int(m.group(1))
-        common = dict(shared_scale=shared_scale[i], path_scale=task_scale[i], dropout=dropout[i], mode=cfg.shared_mode)
+        common = dict(
+            shared_scale=shared_scale[i], path_scale=task_scale[i], dropout=dropout[i], mode=cfg.shared_mode
+        )
         if m.group(2) is None:  # patch-merging reduction (MTLoRA+): shared path only
             return LoRASpec(shared_rank=int(shared_rank[i]), **common) if cfg.patch_merging else None
         leaf, plan = m.group(3), plans[i][int(m.group(2))]
@@ -283,8 +299,15 @@ def apply_plan(encoder: SwinEncoder, cfg: AdapterConfig, tasks: list[str]) -> Pl
             return None
         paths = plan.paths if plan.kind == "branch" and leaf in cfg.task_targets else ()
         mode = cfg.shared_mode if paths else "matrix"
-        return LoRASpec(int(shared_rank[i]), paths, int(task_rank[i]) if paths else 0,
-                        shared_scale[i], task_scale[i], dropout[i], mode)
+        return LoRASpec(
+            int(shared_rank[i]),
+            paths,
+            int(task_rank[i]) if paths else 0,
+            shared_scale[i],
+            task_scale[i],
+            dropout[i],
+            mode,
+        )
 
     wrapped = inject_lora(encoder, spec_for)
     if uses_lora:
@@ -306,9 +329,15 @@ def apply_plan(encoder: SwinEncoder, cfg: AdapterConfig, tasks: list[str]) -> Pl
             stage_streams.append([0] * len(tasks))
     _set_stream_routes(encoder, plans)
     if cfg.method in PEFT_METHODS:
-        wrapped += inject_peft(encoder, cfg.method, reduction=cfg.adapter_reduction,
-                               positions=cfg.adapter_positions, prompt_tokens=cfg.prompt_tokens,
-                               compacter_n=cfg.compacter_n, compacter_rank=cfg.compacter_rank)
+        wrapped += inject_peft(
+            encoder,
+            cfg.method,
+            reduction=cfg.adapter_reduction,
+            positions=cfg.adapter_positions,
+            prompt_tokens=cfg.prompt_tokens,
+            compacter_n=cfg.compacter_n,
+            compacter_rank=cfg.compacter_rank,
+        )
     mark_trainable(encoder, cfg)
     return PlanReport(wrapped, plans, stage_streams)
 
@@ -323,7 +352,9 @@ def _set_stream_routes(encoder: SwinEncoder, plans: list[list[BlockPlan]]) -> No
             route = None
             if plan.kind == "streams" and plan.groups != previous:
                 parents = previous or (tuple(t for g in plan.groups for t in g),)
-                route = torch.tensor([next(k for k, p in enumerate(parents) if set(g) <= set(p)) for g in plan.groups])
+                route = torch.tensor(
+                    [next(k for k, p in enumerate(parents) if set(g) <= set(p)) for g in plan.groups]
+                )
                 previous = plan.groups
             if route is not None:
                 blk.register_buffer("stream_route", route, persistent=False)
@@ -336,8 +367,13 @@ def mark_trainable(encoder: nn.Module, cfg: AdapterConfig) -> None:
     if cfg.method == "full":
         encoder.requires_grad_(True)
         return
-    flags = (cfg.train_patch_embed, cfg.train_norms, cfg.train_relative_position_bias, cfg.train_patch_merging,
-             cfg.train_biases)
+    flags = (
+        cfg.train_patch_embed,
+        cfg.train_norms,
+        cfg.train_relative_position_bias,
+        cfg.train_patch_merging,
+        cfg.train_biases,
+    )
     defaults = _TRAIN_DEFAULTS.get(cfg.method, (True, True, True, not cfg.patch_merging, False))
     embed, norms, rpb, train_merging, biases = (d if f is None else f for f, d in zip(flags, defaults))
     lora = cfg.method != "decoders"

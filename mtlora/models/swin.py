@@ -63,7 +63,9 @@ class SwinConfig:
     @classmethod
     def named(cls, arch: str, **overrides) -> SwinConfig:
         if arch not in SWIN_SIZES:
-            raise ValueError(f"unknown Swin size {arch!r}; choose one of {list(SWIN_SIZES)} or give embed_dim/depths/num_heads")
+            raise ValueError(
+                f"unknown Swin size {arch!r}; choose one of {list(SWIN_SIZES)} or give embed_dim/depths/num_heads"
+            )
         return cls(**{**SWIN_SIZES[arch], **{k: v for k, v in overrides.items() if v is not None}})
 
     def stage_resolutions(self) -> list[int]:
@@ -129,7 +131,9 @@ class WindowAttention(nn.Module):
         super().__init__()
         self.dim, self.window_size, self.num_heads = dim, window_size, num_heads
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
-        self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
+        self.register_buffer(
+            "relative_position_index", relative_position_index(window_size), persistent=False
+        )
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
         trunc_normal_(self.relative_position_bias_table, std=0.02)
@@ -185,8 +189,16 @@ def _streams(layer: nn.Module, xs: Tensor) -> Tensor:
 class SwinBlock(nn.Module):
     """(Shifted-)window attention block; ``kind`` selects how it treats task streams."""
 
-    def __init__(self, dim: int, res: int, num_heads: int, window_size: int, shift: int, mlp_ratio: float,
-                 drop_path: float) -> None:
+    def __init__(
+        self,
+        dim: int,
+        res: int,
+        num_heads: int,
+        window_size: int,
+        shift: int,
+        mlp_ratio: float,
+        drop_path: float,
+    ) -> None:
         super().__init__()
         if res <= window_size:
             window_size, shift = res, 0
@@ -199,7 +211,9 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         if shift > 0:
-            self.register_buffer("shift_mask", shift_attention_mask(res, window_size, shift), persistent=False)
+            self.register_buffer(
+                "shift_mask", shift_attention_mask(res, window_size, shift), persistent=False
+            )
         else:
             self.shift_mask = None
 
@@ -262,7 +276,11 @@ class PatchMerging(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(..., H, W, C)`` -> ``(..., H/2, W/2, 2C)``; any leading dims (streams are batched)."""
         *lead, h, w, c = x.shape
-        x = x.reshape(-1, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(-1, h // 2, w // 2, 4 * c)
+        x = (
+            x.reshape(-1, h // 2, 2, w // 2, 2, c)
+            .permute(0, 1, 3, 4, 2, 5)
+            .reshape(-1, h // 2, w // 2, 4 * c)
+        )
         return self.reduction(self.norm(x)).view(*lead, h // 2, w // 2, 2 * c)
 
 
@@ -277,12 +295,28 @@ class PatchEmbed(nn.Module):
 
 
 class SwinStage(nn.Module):
-    def __init__(self, dim: int, res: int, depth: int, num_heads: int, window_size: int, mlp_ratio: float,
-                 drop_path: Sequence[float], downsample: bool) -> None:
+    def __init__(
+        self,
+        dim: int,
+        res: int,
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float,
+        drop_path: Sequence[float],
+        downsample: bool,
+    ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            SwinBlock(dim, res, num_heads, window_size, 0 if j % 2 == 0 else window_size // 2, mlp_ratio,
-                      drop_path[j])
+            SwinBlock(
+                dim,
+                res,
+                num_heads,
+                window_size,
+                0 if j % 2 == 0 else window_size // 2,
+                mlp_ratio,
+                drop_path[j],
+            )
             for j in range(depth)
         )
         self.downsample = PatchMerging(dim) if downsample else None
@@ -305,10 +339,18 @@ class SwinEncoder(nn.Module):
         self.layers = nn.ModuleList()
         for i, depth in enumerate(cfg.depths):
             start = sum(cfg.depths[:i])
-            self.layers.append(SwinStage(
-                cfg.embed_dim * 2**i, resolutions[i], depth, cfg.num_heads[i], cfg.window_size, cfg.mlp_ratio,
-                dpr[start:start + depth], downsample=i < len(cfg.depths) - 1,
-            ))
+            self.layers.append(
+                SwinStage(
+                    cfg.embed_dim * 2**i,
+                    resolutions[i],
+                    depth,
+                    cfg.num_heads[i],
+                    cfg.window_size,
+                    cfg.mlp_ratio,
+                    dpr[start : start + depth],
+                    downsample=i < len(cfg.depths) - 1,
+                )
+            )
         n = len(cfg.depths)
         self.out_channels = [cfg.embed_dim * 2 ** min(i + 1, n - 1) for i in range(n)]
         self.out_strides = [cfg.patch_size * 2 ** min(i + 1, n - 1) for i in range(n)]
