@@ -22,15 +22,6 @@ REPO = Path(__file__).parents[1]
 TASKS = list(PASCAL_CHANNELS)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads spin and run 10-50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def adapter_of(label: str) -> AdapterConfig:
     """The adapter section of a shipped baseline config."""
     section = yaml.safe_load((REPO / BASELINE_CONFIGS[label]).read_text())["model"]["adapter"]

@@ -13,16 +13,6 @@ from mtlora.cli import run_cli
 CONFIGS = Path(__file__).parent / "configs"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: with two OpenMP threads a busy neighbour turns spin-waits
-    into stalls (a 0.1 s step took up to 13 s); one thread keeps these tests fast and steady."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_bench_cli_writes_json(tmp_path, capsys):
     out = tmp_path / "bench" / "result.json"
     run_cli(

@@ -8,7 +8,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 import torch
 
 from mtlora.cli import run_cli
@@ -19,16 +18,6 @@ from mtlora.models.plans import AdapterConfig
 from conftest import PASCAL_CHANNELS, randomize_lora, tiny_encoder
 
 CONFIGS = Path(__file__).parent / "configs"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: with two OpenMP threads a busy neighbour turns spin-waits
-    into stalls (a 0.1 s step took up to 13 s); one thread keeps these tests fast and steady."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # Runs in a separate interpreter: the library is made unimportable before torch is imported, and

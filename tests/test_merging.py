@@ -26,16 +26,6 @@ ADAPTERS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: with two OpenMP threads a busy neighbour turns spin-waits
-    into stalls (a 0.1 s step took up to 13 s); one thread keeps these tests fast and steady."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(adapter: AdapterConfig, seed: int = 0) -> MultiTaskModel:
     torch.manual_seed(seed)
     model = MultiTaskModel(PASCAL_CHANNELS, tiny_encoder(), adapter).eval()

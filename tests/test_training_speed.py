@@ -30,16 +30,6 @@ PROGRESSIVE = AdapterConfig(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: with two OpenMP threads a busy neighbour turns spin-waits
-    into stalls (a 0.1 s step took up to 13 s); one thread keeps these tests fast and steady."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(adapter: AdapterConfig, tasks: dict[str, int] = PASCAL_CHANNELS, **encoder) -> MultiTaskModel:
     torch.manual_seed(0)
     model = MultiTaskModel(tasks, tiny_encoder(**encoder), adapter)

@@ -15,15 +15,6 @@ REPO = Path(__file__).parents[1]
 TINY = Path(__file__).parent / "configs" / "tiny_synthetic.yaml"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads spin and run 10-50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_offline_fit_logs_config_group_tags_summary_and_images(tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")

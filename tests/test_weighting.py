@@ -16,15 +16,6 @@ FIXED = {"semseg": 1.0, "sal": 5.0, "normals": 10.0}
 TASKS = list(FIXED)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads spin and run 10-50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def losses(*values: float) -> dict[str, torch.Tensor]:
     return {t: torch.tensor(v) for t, v in zip(TASKS, values)}
 
