@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -52,7 +52,6 @@ class LoRASpec:
     path_scale: float = 4.0
     dropout: float = 0.0
     mode: SharedMode = "matrix"
-    extra: dict = field(default_factory=dict, compare=False)
 
 
 def _kaiming_like_linear(weight: Tensor) -> None:

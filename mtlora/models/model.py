@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass, field
 
 from torch import Tensor, nn
@@ -11,8 +10,6 @@ from mtlora.models.decoders import MultiTaskDecoder
 from mtlora.models.plans import AdapterConfig, PlanReport, apply_plan
 from mtlora.models.swin import SWIN_SIZES, SwinConfig, SwinEncoder
 from mtlora.tasks import validate_tasks
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

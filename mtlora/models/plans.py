@@ -9,7 +9,6 @@ progressive task-specific scheme are all plans over the same encoder.
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -19,8 +18,6 @@ from torch import nn
 from mtlora.models.lora import LoRASpec, SharedMode, inject_lora
 from mtlora.models.peft import PEFT_METHODS, AdapterPosition, inject_peft
 from mtlora.models.swin import BlockKind, SwinEncoder
-
-log = logging.getLogger(__name__)
 
 Method = Literal[
     "mtlora", "full", "decoders", "progressive", "bitfit", "houlsby", "compacter", "vpt_shallow", "vpt_deep"
