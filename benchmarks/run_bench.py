@@ -9,13 +9,14 @@ checkpointing, with one of two presets:
 * ``--device cpu``: a reduced size a CPU finishes in minutes: 224x224, batch 2, fp32, eager,
   3 timed steps after 1 warm-up, every variant measured twice in turn (best run kept).
 
-Optionally (``--flops-at 448``) it also counts the model FLOPs per image of every variant at
-another input size (FlopCounterMode on CPU; a count, not a timing, so the machine does not matter).
+Optionally (``--count-at 448``) it also counts, on fake tensors, the FLOPs per image and the peak
+training memory of every variant at that size with batch 32 in bf16 (``mtlora bench --count_only``:
+the issue's GPU setting, counted on any machine; a count, not a timing).
 With ``--update-results`` the section "## Training and inference (mtlora bench)" of
 benchmarks/RESULTS.md is replaced (other sections are kept).
 
     python benchmarks/run_bench.py --device cuda --update-results
-    OMP_NUM_THREADS=1 python benchmarks/run_bench.py --device cpu --flops-at 448 --update-results
+    OMP_NUM_THREADS=1 python benchmarks/run_bench.py --device cpu --count-at 448 --update-results
 """
 
 from __future__ import annotations
@@ -32,8 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Training and inference (mtlora bench)"
 CONFIG = "configs/swin_tiny_r16.yaml"
-VARIANTS = "[config, full, decoders, checkpointing]"
-PRESET_ORDER = ("config", "full", "decoders", "checkpointing")
+VARIANTS = "[config, full, decoders, checkpointing, selective]"
 PRESETS: dict[str, list[str]] = {
     "cuda": [
         "--trainer.accelerator",
@@ -93,34 +93,31 @@ def bench_command(device: str, json_out: Path, extra: list[str]) -> list[str]:
     ]
 
 
-def count_flops(img_size: int) -> dict[str, dict[str, float]]:
-    """Training and forward FLOPs per image of every variant at ``img_size`` (counted, not timed)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from mtlora.bench import build_variant, synthetic_batch, train_flops_per_image
-    from mtlora.losses import MultiTaskLoss
-    from mtlora.models.merging import merge_model
-    from mtlora.models.model import EncoderConfig, MultiTaskModel
-    from mtlora.models.plans import AdapterConfig
-
-    channels = {"semseg": 21, "human_parts": 7, "sal": 1, "normals": 3}  # PASCAL-Context, as the config
-    template = MultiTaskModel(
-        channels, EncoderConfig(img_size=img_size), AdapterConfig(), load_pretrained=False
-    )
-    criterion = MultiTaskLoss(list(channels))
-    batch = synthetic_batch(channels, 1, img_size, torch.device("cpu"))
-    out = {}
-    for variant in ("config", "full", "decoders"):
-        model = build_variant(template, variant)
-        train, forward = train_flops_per_image(model, criterion, batch, "fp32")
-        out[variant] = {"method": model.adapter_config.method, "train": train, "forward": forward}
-        if variant == "config":  # what inference costs once the adapters are merged
-            merge_model(model.eval())
-            with FlopCounterMode(display=False) as counter, torch.no_grad():
-                model(batch["image"])
-            out[variant]["forward_merged"] = float(counter.get_total_flops())
-    return out
+def count_command(img_size: int, json_out: Path) -> list[str]:
+    """``mtlora bench --count_only`` at the issue's GPU setting (batch 32, bf16) and ``img_size``."""
+    json_arg = json_out.relative_to(ROOT) if json_out.is_relative_to(ROOT) else json_out
+    return [
+        sys.executable,
+        "-m",
+        "mtlora.cli",
+        "bench",
+        "--config",
+        CONFIG,
+        "--trainer.accelerator",
+        "cpu",
+        "--img_size",
+        str(img_size),
+        "--batch_size",
+        "32",
+        "--precision",
+        "bf16",
+        "--count_only",
+        "true",
+        "--variants",
+        VARIANTS,
+        "--json_out",
+        str(json_arg),
+    ]
 
 
 def section(report: dict) -> str:
@@ -129,8 +126,7 @@ def section(report: dict) -> str:
 
     d, s, g = report["device"], report["settings"], report["git"]
     cmd, load = report["run"]["command"], report["run"]["load_average"]
-    flops_at = report.get("flops_at") or {}
-    flops, flops_size = flops_at.get("variants"), flops_at.get("img_size")
+    counted = report.get("counted_at")
     lines = [
         SECTION,
         "",
@@ -151,22 +147,21 @@ def section(report: dict) -> str:
         "```",
         "",
     ]
-    if flops:
-        full = flops["full"]["train"]
+    if counted:
         lines += [
-            f"Model FLOPs per image at {flops_size}x{flops_size} (FlopCounterMode, forward+loss+backward in train "
-            "mode; device-independent):",
+            f"Counted at {counted['settings']['img_size']}x{counted['settings']['img_size']}, batch "
+            f"{counted['settings']['batch_size']}, {counted['settings']['precision']} (the issue's GPU setting; "
+            "`mtlora bench --count_only`, fake tensors, device-independent).  Command:",
             "",
-            "| variant | method | training GFLOP | forward GFLOP | merged forward GFLOP | training FLOPs vs full FT |",
-            "|---|---|---:|---:|---:|---:|",
+            "```",
+            counted["run"]["command"],
+            "```",
+            "",
+            "```",
+            format_report(counted),
+            "```",
+            "",
         ]
-        for name, f in sorted(flops.items(), key=lambda item: list(PRESET_ORDER).index(item[0])):
-            merged = f.get("forward_merged")
-            lines.append(
-                f"| {name} | {f['method']} | {f['train'] / 1e9:.1f} | {f['forward'] / 1e9:.1f} | "
-                f"{'-' if merged is None else format(merged / 1e9, '.1f')} | {f['train'] / full:.3f} |"
-            )
-        lines.append("")
     return "\n".join(lines)
 
 
@@ -190,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=None, help="JSON report (default benchmarks/results/<device>.json)"
     )
-    parser.add_argument("--flops-at", type=int, default=None, help="also count FLOPs per image at this size")
+    parser.add_argument(
+        "--count-at", type=int, default=None, help="also count FLOPs and memory at this size, batch 32, bf16"
+    )
     parser.add_argument("--update-results", action="store_true", help="rewrite this section of RESULTS.md")
     parser.add_argument(
         "--from-json",
@@ -214,8 +211,14 @@ def main(argv: list[str] | None = None) -> int:
             "load_average": [before, os.getloadavg()[0]],
             "date": time.strftime("%Y-%m-%d"),
         }
-        if args.flops_at:
-            report["flops_at"] = {"img_size": args.flops_at, "variants": count_flops(args.flops_at)}
+        if args.count_at:
+            count_out = out.with_name(f"{out.stem}_counted_{args.count_at}.json")
+            command = count_command(args.count_at, count_out)
+            subprocess.run(command, cwd=ROOT, check=True)
+            report["counted_at"] = json.loads(count_out.read_text())
+            report["counted_at"]["run"] = {
+                "command": shlex.join(["python" if c == sys.executable else c for c in command])
+            }
         out.write_text(json.dumps(report, indent=2, sort_keys=True))
     text = section(report)
     print(text)

@@ -53,15 +53,17 @@ import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.weak import WeakIdKeyDictionary
 
 from mtlora.losses import MultiTaskLoss
 from mtlora.models.merging import merge_model
 from mtlora.models.model import MultiTaskModel, parameter_counts
 from mtlora.tasks import IGNORE_INDEX, task_info
+from mtlora.tensor_memory import TensorMemoryMeter, fake_model, new_fake_mode, storage_bytes, to_fake
 
 log = logging.getLogger(__name__)
 
-Variant = Literal["config", "full", "decoders", "checkpointing"]
+Variant = Literal["config", "full", "decoders", "checkpointing", "selective"]
 Precision = Literal["auto", "bf16", "fp32"]
 
 # Dense peak TFLOP/s (no structured sparsity) by name fragment, first match wins; bf16 = tensor
@@ -101,6 +103,7 @@ class BenchSettings:
     inference: bool = True
     repeats: int = 1
     seed: int = 0
+    count_only: bool = False
 
 
 # ---------------------------------------------------------------------------------------- device
@@ -291,6 +294,8 @@ def build_variant(template: MultiTaskModel, variant: Variant, img_size: int | No
         adapter = replace(adapter, method=variant)
     elif variant == "checkpointing":
         encoder = replace(encoder, gradient_checkpointing=True)
+    elif variant == "selective":
+        encoder = replace(encoder, gradient_checkpointing="selective")
     task_channels = {t: h.last_layer[-1].out_channels for t, h in template.decoder.heads.items()}
     model = MultiTaskModel(
         task_channels, encoder, adapter, copy.deepcopy(template.decoder_config), load_pretrained=False
@@ -341,13 +346,15 @@ def saved_activation_bytes(
     (CPU dropout keeps a float mask, CUDA a bool one), and with gradient checkpointing it only
     sees what the checkpointed blocks' outputs feed into (their saved inputs are held elsewhere).
     """
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    storages: dict[int, int] = {}
+    params = WeakIdKeyDictionary({p.untyped_storage(): True for p in model.parameters()})
+    storages: WeakIdKeyDictionary = (
+        WeakIdKeyDictionary()
+    )  # keyed by storage object: fake ones have no address
 
     def pack(t: Tensor) -> Tensor:
         storage = t.untyped_storage()
-        if storage.data_ptr() not in params and storage.nbytes():
-            storages[storage.data_ptr()] = storage.nbytes()
+        if storage not in params and storage.nbytes():
+            storages[storage] = storage.nbytes()
         return t
 
     model.train()
@@ -358,8 +365,9 @@ def saved_activation_bytes(
         outputs = model(batch["image"])
     losses = criterion(outputs, batch)
     total = sum(criterion.weights[t] * losses[t] for t in criterion.tasks)
-    del outputs, losses, total  # frees the graph without a backward
-    return sum(storages.values())
+    saved = sum(storages.values())  # before the graph (and with it the weak keys) is freed
+    del outputs, losses, total
+    return saved
 
 
 def train_flops_per_image(
@@ -385,6 +393,62 @@ def train_flops_per_image(
         model.backbone.cfg = cfg
         model.train(was_training)
     return train, forward
+
+
+def count_variant(
+    template: MultiTaskModel,
+    variant: Variant,
+    criterion: MultiTaskLoss,
+    settings: BenchSettings,
+    precision: str,
+) -> dict:
+    """Device-independent counts of one variant, on fake tensors (no compute, no memory).
+
+    FLOPs per image (training and forward, also merged), bytes autograd saves for backward, and
+    the peak tensor memory of training (weights + gradients + AdamW state + activations, over two
+    steps, so that the optimizer state exists) at the bench's batch size, image size and
+    precision.  Kernels are those of the CPU (e.g. its attention kernel's saved tensors), which
+    keep the same tensors as CUDA's for this model up to small workspaces.
+    """
+    model = build_variant(template, variant, settings.img_size)
+    weights = storage_bytes([*model.parameters(), *model.buffers()])
+    img = model.encoder_config.img_size
+    channels = {t: h.last_layer[-1].out_channels for t, h in model.decoder.heads.items()}
+    mode = new_fake_mode()
+    fake_model(model, mode)
+    batch = to_fake(
+        synthetic_batch(channels, settings.batch_size, img, torch.device("cpu"), settings.seed), mode
+    )
+    with mode:
+        train_flops, fwd_flops = train_flops_per_image(model, criterion, batch, precision)
+        saved = saved_activation_bytes(model, criterion, batch, precision)
+        with TensorMemoryMeter() as meter:
+            params = [p for p in model.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05, foreach=True)
+            step = make_train_step(model, criterion, optimizer, torch.device("cpu"), precision)
+            for _ in range(2):
+                step(batch)
+        del optimizer, step, params
+        merged_flops = None
+        if any(".lora_" in f".{n}" for n, _ in model.named_parameters()):
+            merge_model(model.eval())
+            with (
+                FlopCounterMode(display=False) as counter,
+                torch.no_grad(),
+                _autocast(torch.device("cpu"), precision),
+            ):
+                model(batch["image"][:1])
+            merged_flops = float(counter.get_total_flops())
+    return {
+        "method": model.adapter_config.method,
+        "gradient_checkpointing": model.encoder_config.gradient_checkpointing,
+        "parameters": parameter_counts(model),
+        "train_flops_per_image": train_flops,
+        "forward_flops_per_image": fwd_flops,
+        "merged_forward_flops_per_image": merged_flops,
+        "saved_activation_bytes": saved,
+        "counted_peak_memory_bytes": weights + meter.peak,
+    }
 
 
 def _timed(fn: Callable[[], object], steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
@@ -493,27 +557,21 @@ def bench_variant(
     peak_tflops: float | None,
 ) -> dict:
     """All measurements of one variant; the model is built here and freed before returning."""
+    result: dict = count_variant(template, variant, criterion, settings, precision)
+    if settings.count_only:
+        return result
     meter = MemoryMeter(device)
     meter.mark_baseline()
     model = build_variant(template, variant, settings.img_size).to(device)
-    img = model.encoder_config.img_size
     batch = synthetic_batch(
         {t: h.last_layer[-1].out_channels for t, h in model.decoder.heads.items()},
         settings.batch_size,
-        img,
+        model.encoder_config.img_size,
         device,
         settings.seed,
     )
-    train_flops, fwd_flops = train_flops_per_image(model, criterion, batch, precision)
-    result: dict = {
-        "method": model.adapter_config.method,
-        "gradient_checkpointing": model.encoder_config.gradient_checkpointing,
-        "parameters": parameter_counts(model),
-        "train_flops_per_image": train_flops,
-        "forward_flops_per_image": fwd_flops,
-        "saved_activation_bytes": saved_activation_bytes(model, criterion, batch, precision),
-        "memory_kind": meter.kind,
-    }
+    result["memory_kind"] = meter.kind
+    train_flops = result["train_flops_per_image"]
     phases = [("train", False)] + ([("train_compiled", True)] if settings.compile else [])
     for name, compiled in phases:
         log.info("bench %s: %s", variant, name)
@@ -564,6 +622,8 @@ def summarise(variants: dict[str, dict], compiled: bool) -> dict:
 
     Like is compared with like: with ``compiled`` every ratio uses the compiled measurements of
     both sides (the compiler also changes memory: it recomputes cheap activations in backward).
+    Memory is the CUDA allocator's peak when measured on CUDA, else the exact counted peak
+    (:func:`count_variant`; a CPU's resident set also holds allocator caches and Python).
     """
     phase = "train_compiled" if compiled else "train"
     out: dict[str, dict] = {}
@@ -574,9 +634,16 @@ def summarise(variants: dict[str, dict], compiled: bool) -> dict:
             "value": _ratio(cfg[phase]["images_per_s"], full[phase]["images_per_s"]),
             "phase": phase,
         }
+    if cfg and full and phase in cfg and phase in full and cfg.get("memory_kind", "").startswith("cuda"):
         out["train_memory_vs_full"] = {
             "value": _ratio(cfg[phase]["peak_memory_bytes"], full[phase]["peak_memory_bytes"]),
             "phase": phase,
+            "source": "measured",
+        }
+    elif cfg and full:  # off CUDA the resident set is a poor proxy: use the exact count
+        out["train_memory_vs_full"] = {
+            "value": _ratio(cfg["counted_peak_memory_bytes"], full["counted_peak_memory_bytes"]),
+            "source": "counted",
         }
     if cfg and plain and "inference" in cfg and "merged_images_per_s" in cfg["inference"]:
         key = "merged_compiled_images_per_s" if compiled else "merged_images_per_s"
@@ -653,52 +720,74 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _mib(value: float | None) -> float | None:
+    return None if value is None else value / 2**20
+
+
 def format_report(report: dict) -> str:
     """Plain-text tables of a :func:`run_bench` report."""
     s, d = report["settings"], report["device"]
+    variants = _ordered(report["variants"])
+    full = report["variants"].get("full")
     lines = [
         f"device: {d['name']} ({d['type']}, {d['torch_threads']} threads)   peak: "
         f"{_fmt(d['peak_tflops'], '.0f')} TFLOP/s [{d['peak_source']}]",
         f"input {s['img_size']}x{s['img_size']}, batch {s['batch_size']}, {s['precision']}, "
-        f"{s['warmup']} warm-up + {s['steps']} timed steps, git {report['git']['commit']}"
-        f"{' (dirty)' if report['git']['dirty'] else ''}",
+        + (
+            "counted only (fake tensors, nothing timed)"
+            if s.get("count_only")
+            else f"{s['warmup']} warm-up + {s['steps']} timed steps"
+        )
+        + f", git {report['git']['commit']}{' (dirty)' if report['git']['dirty'] else ''}",
         "",
+        "counted (device-independent: FLOPs per image; saved = activations kept for backward; "
+        "peak = weights + grads + AdamW state + activations of a training step)",
+        f"{'variant':<14}{'method':<12}{'ckpt':<10}{'trainable':>12}{'train GF':>10}{'fwd GF':>8}"
+        f"{'merged GF':>10}{'saved MiB':>10}{'peak MiB':>10}{'vs full':>8}",
     ]
-    head = (
-        f"{'variant':<14}{'method':<12}{'trainable':>12}{'train GF/img':>13}{'img/s':>9}{'step ms':>10}"
-        f"{'peak MiB':>10}{'saved MiB':>10}{'TFLOP/s':>9}{'MFU':>7}"
-    )
-    lines += [
-        "training (peak: device memory of the phase; saved: activations autograd keeps for backward)",
-        head,
-    ]
-    for name, v in _ordered(report["variants"]):
-        for phase in ("train", "train_compiled"):
-            if phase not in v:
-                continue
-            r = v[phase]
-            mem = None if r["peak_memory_bytes"] is None else r["peak_memory_bytes"] / 2**20
-            label = name if phase == "train" else "  +compile"
-            lines.append(
-                f"{label:<14}{v['method']:<12}{v['parameters']['trainable']:>12,}"
-                f"{v['train_flops_per_image'] / 1e9:>13.2f}{r['images_per_s']:>9.2f}{r['step_ms']:>10.1f}"
-                f"{_fmt(mem, '.0f'):>10}{v.get('saved_activation_bytes', 0) / 2**20:>10.0f}"
-                f"{r['achieved_tflops']:>9.3f}"
-                f"{_fmt(None if r['mfu'] is None else 100 * r['mfu'], '.1f'):>7}"
-            )
+    for name, v in variants:
+        peak = v.get("counted_peak_memory_bytes")
+        ratio = _ratio(peak, full.get("counted_peak_memory_bytes")) if full else None
+        merged = v.get("merged_forward_flops_per_image")
+        lines.append(
+            f"{name:<14}{v['method']:<12}{str(v.get('gradient_checkpointing', False)):<10}"
+            f"{v['parameters']['trainable']:>12,}{v['train_flops_per_image'] / 1e9:>10.2f}"
+            f"{v['forward_flops_per_image'] / 1e9:>8.2f}{_fmt(None if merged is None else merged / 1e9, '.2f'):>10}"
+            f"{_mib(v.get('saved_activation_bytes', 0)):>10.0f}{_fmt(_mib(peak), '.0f'):>10}{_fmt(ratio, '.3f'):>8}"
+        )
+    timed = [(n, v) for n, v in variants if "train" in v]
+    if timed:
+        lines += [
+            "",
+            "training, timed (peak: the device's own peak of the phase: CUDA allocator, or CPU resident-set growth)",
+            f"{'variant':<14}{'img/s':>9}{'step ms':>10}{'vs full':>8}{'peak MiB':>10}{'TFLOP/s':>9}{'MFU':>7}",
+        ]
+        for name, v in timed:
+            for phase in ("train", "train_compiled"):
+                if phase not in v:
+                    continue
+                r = v[phase]
+                speed = (
+                    _ratio(r["images_per_s"], full[phase]["images_per_s"]) if full and phase in full else None
+                )
+                label = name if phase == "train" else "  +compile"
+                lines.append(
+                    f"{label:<14}{r['images_per_s']:>9.2f}{r['step_ms']:>10.1f}{_fmt(speed, '.3f'):>8}"
+                    f"{_fmt(_mib(r['peak_memory_bytes']), '.0f'):>10}{r['achieved_tflops']:>9.3f}"
+                    f"{_fmt(None if r['mfu'] is None else 100 * r['mfu'], '.1f'):>7}"
+                )
     if any("inference" in v for v in report["variants"].values()):
         lines += [
             "",
             "inference (images/s)",
-            f"{'variant':<14}{'fwd GF/img':>11}{'eager':>10}{'compiled':>10}{'merged':>10}{'merged+c':>10}"
-            f"{'merge diff':>12}",
+            f"{'variant':<14}{'eager':>10}{'compiled':>10}{'merged':>10}{'merged+c':>10}{'merge diff':>12}",
         ]
-        for name, v in _ordered(report["variants"]):
+        for name, v in variants:
             inf = v.get("inference")
             if not inf:
                 continue
             lines.append(
-                f"{name:<14}{v['forward_flops_per_image'] / 1e9:>11.2f}"
+                f"{name:<14}"
                 f"{_fmt(inf.get('eager_images_per_s'), '.2f'):>10}"
                 f"{_fmt(inf.get('compiled_images_per_s'), '.2f'):>10}"
                 f"{_fmt(inf.get('merged_images_per_s'), '.2f'):>10}"
@@ -706,9 +795,12 @@ def format_report(report: dict) -> str:
                 f"{_fmt(inf.get('merged_max_abs_diff'), '.1e'):>12}"
             )
     if report["ratios"]:
-        lines += ["", "targets"]
+        lines += ["", "targets (config vs full fine-tuning / the plain network)"]
         for name, r in sorted(report["ratios"].items(), key=lambda item: list(TARGETS).index(item[0])):
             cmp = "<=" if name == "train_memory_vs_full" else ">="
             met = {True: "met", False: "NOT met", None: "not measured"}[r["met"]]
-            lines.append(f"{name:<28}{_fmt(r['value'], '.3f'):>8}  (target {cmp} {r['target']}: {met})")
+            source = f" [{r['source']}]" if r.get("source") else ""
+            lines.append(
+                f"{name:<28}{_fmt(r['value'], '.3f'):>8}  (target {cmp} {r['target']}: {met}){source}"
+            )
     return "\n".join(lines)

@@ -115,10 +115,11 @@ class MTLoRATrainer(Trainer):
         warmup: int = 5,
         precision: Literal["auto", "bf16", "fp32"] = "auto",
         compile: bool = False,
-        variants: list[Literal["config", "full", "decoders", "checkpointing"]] | None = None,
+        variants: list[Literal["config", "full", "decoders", "checkpointing", "selective"]] | None = None,
         peak_tflops: float | None = None,
         inference: bool = True,
         repeats: int = 1,
+        count_only: bool = False,
         json_out: str | None = None,
     ) -> dict:
         """Measure training/inference throughput, peak memory and MFU against full FT and decoders-only.
@@ -134,12 +135,14 @@ class MTLoRATrainer(Trainer):
             precision: ``bf16`` autocast, ``fp32``, or ``auto`` (bf16 on CUDA, fp32 elsewhere).
             compile: also measure ``torch.compile(fullgraph=True)`` training and inference.
             variants: ``config`` (as configured), ``full`` (full fine-tuning), ``decoders``
-                (frozen encoder), ``checkpointing`` (config + gradient checkpointing);
-                default: config, full, decoders.
+                (frozen encoder), ``checkpointing`` (config + full gradient checkpointing),
+                ``selective`` (config + selective checkpointing); default: config, full, decoders.
             peak_tflops: device peak for MFU where the built-in table does not know it (CPUs).
             inference: also measure inference (eager, compiled, merged).
             repeats: measure all variants this many times in turn and keep the best of each
                 (for shared machines, whose other load only ever slows a run down).
+            count_only: only count, on fake tensors: FLOPs and peak tensor memory of every
+                variant at any size (e.g. 448x448, batch 32, bf16 on a laptop); nothing is timed.
             json_out: write the report to this JSON file.
         """
         from mtlora.bench import BenchSettings, format_report, run_bench
@@ -157,6 +160,7 @@ class MTLoRATrainer(Trainer):
             peak_tflops=peak_tflops,
             inference=inference,
             repeats=repeats,
+            count_only=count_only,
         )
         report = run_bench(model.model, model.criterion, settings, device)
         print(format_report(report))

@@ -33,7 +33,7 @@ def test_bench_cli_writes_json(tmp_path, capsys):
             "--json_out",
             str(out),
             "--variants",
-            "[config, full, decoders, checkpointing]",
+            "[config, full, decoders, checkpointing, selective]",
         ]
     )
     text = capsys.readouterr().out
@@ -48,7 +48,8 @@ def test_bench_cli_writes_json(tmp_path, capsys):
         "decoders",
         "mtlora",
     ]
-    assert v["checkpointing"]["gradient_checkpointing"] and not v["config"]["gradient_checkpointing"]
+    assert v["checkpointing"]["gradient_checkpointing"] is True and not v["config"]["gradient_checkpointing"]
+    assert v["selective"]["gradient_checkpointing"] == "selective" and v["selective"]["method"] == "mtlora"
     # trainable sets of the variants
     assert v["full"]["parameters"]["trainable"] == v["full"]["parameters"]["total"]
     assert v["decoders"]["parameters"]["encoder_trainable"] == 0
@@ -66,6 +67,12 @@ def test_bench_cli_writes_json(tmp_path, capsys):
     # activations kept for backward: a frozen encoder keeps little, checkpointing keeps block inputs only
     saved = {name: variant["saved_activation_bytes"] for name, variant in v.items()}
     assert 0 < saved["decoders"] < saved["full"] and 0 < saved["checkpointing"] < saved["config"]
+    assert saved["checkpointing"] < saved["selective"] < saved["config"]
+    # counted peak training memory: weights + grads + AdamW state + activations
+    peak = {name: variant["counted_peak_memory_bytes"] for name, variant in v.items()}
+    assert peak["checkpointing"] <= peak["selective"] < peak["config"]  # tiny: other peaks may dominate
+    assert peak["decoders"] < peak["full"]
+    assert v["config"]["merged_forward_flops_per_image"] < v["config"]["forward_flops_per_image"]
     for name, variant in v.items():
         train = variant["train"]
         assert train["images_per_s"] > 0 and train["loss_finite"], name
@@ -74,7 +81,7 @@ def test_bench_cli_writes_json(tmp_path, capsys):
         assert math.isclose(train["mfu"], train["achieved_tflops"] / 2.0, rel_tol=1e-9)
         assert train["peak_memory_bytes"] is None or train["peak_memory_bytes"] >= 0
         assert variant["inference"]["eager_images_per_s"] > 0
-    for name in ("config", "checkpointing"):  # adapters: merged inference measured and checked
+    for name in ("config", "checkpointing", "selective"):  # adapters: merged inference measured and checked
         assert v[name]["inference"]["merged_max_abs_diff"] < 1e-4
         assert v[name]["inference"]["merged_layers"] > 0
     assert "merged_images_per_s" not in v["full"]["inference"]
@@ -109,11 +116,16 @@ def test_peak_table(monkeypatch, name, precision, peak):
 
 
 def test_summarise_targets():
-    def variant(ips, mem, mfu=None, merged=None, eager=None):
+    def variant(ips, mem, mfu=None, merged=None, eager=None, counted=None):
         inf = {"eager_images_per_s": eager}
         if merged is not None:
             inf["merged_images_per_s"] = merged
-        return {"train": {"images_per_s": ips, "peak_memory_bytes": mem, "mfu": mfu}, "inference": inf}
+        return {
+            "train": {"images_per_s": ips, "peak_memory_bytes": mem, "mfu": mfu},
+            "inference": inf,
+            "memory_kind": "cuda_max_memory_allocated" if mem is not None else "cpu_peak_rss_growth",
+            "counted_peak_memory_bytes": counted,
+        }
 
     ratios = bench.summarise(
         {
@@ -125,11 +137,17 @@ def test_summarise_targets():
     )
     assert ratios["train_speedup_vs_full"] == {"value": 1.2, "phase": "train", "target": 1.2, "met": True}
     assert ratios["train_memory_vs_full"]["value"] == 0.5 and ratios["train_memory_vs_full"]["met"]
+    assert ratios["train_memory_vs_full"]["source"] == "measured"
     assert ratios["merged_inference_vs_plain"]["value"] == pytest.approx(0.97)
     assert ratios["train_mfu"]["met"] is True
     cpu = bench.summarise({"config": variant(1.0, None), "full": variant(2.0, None)}, compiled=False)
     assert cpu["train_memory_vs_full"]["met"] is None and cpu["train_mfu"]["met"] is None
     assert cpu["train_speedup_vs_full"]["met"] is False
+    # off CUDA the memory ratio comes from the exact count
+    counted = bench.summarise(
+        {"config": variant(1.0, None, counted=30), "full": variant(2.0, None, counted=60)}, compiled=False
+    )
+    assert counted["train_memory_vs_full"] == {"value": 0.5, "source": "counted", "target": 0.6, "met": True}
 
 
 def test_best_of_repeats_keeps_fastest_run_and_smallest_peak():
@@ -143,3 +161,40 @@ def test_best_of_repeats_keeps_fastest_run_and_smallest_peak():
     assert best["train"] == {"images_per_s": 4.0, "step_ms": 250.0, "peak_memory_bytes": 200}
     assert best["inference"] == {"eager_images_per_s": 5.0, "merged_max_abs_diff": 2e-7}
     assert [r["train"] for r in best["runs"]] == [2.0, 4.0, 3.0]
+
+
+def test_bench_count_only_counts_without_timing(tmp_path, capsys):
+    """``--count_only``: FLOPs and peak memory on fake tensors, at a size the machine need not hold."""
+    out = tmp_path / "count.json"
+    run_cli(
+        [
+            "bench",
+            "--config",
+            str(CONFIGS / "tiny_synthetic.yaml"),
+            "--batch_size",
+            "64",
+            "--img_size",
+            "128",
+            "--precision",
+            "bf16",
+            "--count_only",
+            "true",
+            "--variants",
+            "[config, full]",
+            "--json_out",
+            str(out),
+        ]
+    )
+    assert "counted only" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    v = report["variants"]
+    assert "train" not in v["config"] and "inference" not in v["config"]
+    assert report["settings"]["precision"] == "bf16" and report["settings"]["img_size"] == 128
+    for variant in v.values():
+        assert variant["counted_peak_memory_bytes"] > variant["saved_activation_bytes"] > 0
+        assert variant["train_flops_per_image"] > variant["forward_flops_per_image"] > 0
+    ratio = report["ratios"]["train_memory_vs_full"]
+    assert ratio["source"] == "counted"
+    assert ratio["value"] == pytest.approx(
+        v["config"]["counted_peak_memory_bytes"] / v["full"]["counted_peak_memory_bytes"]
+    )

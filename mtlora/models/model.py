@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 from torch import Tensor, nn
 
 from mtlora.models.decoders import MultiTaskDecoder
 from mtlora.models.plans import AdapterConfig, PlanReport, apply_plan
+from mtlora.models.recompute import checkpoint_mode
 from mtlora.models.swin import SWIN_SIZES, SwinConfig, SwinEncoder
 from mtlora.tasks import validate_tasks
 
@@ -28,7 +30,11 @@ class EncoderConfig:
         pretrained: ImageNet weights: a Microsoft release ``.pth`` (key ``model``), a timm
             ``.pth``/``.safetensors`` file, or ``timm:<model name>`` (downloaded by timm).
             None: random init.
-        gradient_checkpointing: recompute block activations in backward (saves memory).
+        gradient_checkpointing: recompute activations of every block and patch merging in
+            backward to save memory. ``true`` recomputes whole blocks (keeps only block inputs);
+            ``selective`` keeps the outputs of dense matmuls, attention and convolutions and
+            recomputes the cheap rest, including MTLoRA's per-task element-wise work
+            (mtlora/models/recompute.py).  Exact either way.
     """
 
     arch: str = "swin_tiny"
@@ -39,7 +45,7 @@ class EncoderConfig:
     depths: list[int] | None = None
     num_heads: list[int] | None = None
     pretrained: str | None = None
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | Literal["selective"] = False
 
     def swin_config(self) -> SwinConfig:
         if self.arch not in SWIN_SIZES:
@@ -49,6 +55,7 @@ class EncoderConfig:
             depths=tuple(self.depths) if self.depths else None,
             num_heads=tuple(self.num_heads) if self.num_heads else None,
         )
+        checkpoint_mode(self.gradient_checkpointing, "encoder.gradient_checkpointing")  # validates
         return SwinConfig.named(
             self.arch,
             img_size=self.img_size,

@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from mtlora.models.lora import MultiPathLoRALinear
+from mtlora.models.recompute import Checkpointing, checkpoint_mode, run_checkpointed
 
 BlockKind = Literal["shared", "branch", "streams"]
 
@@ -58,7 +58,7 @@ class SwinConfig:
     window_size: int = 7
     mlp_ratio: float = 4.0
     drop_path_rate: float = 0.2
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: Checkpointing = False
 
     @classmethod
     def named(cls, arch: str, **overrides) -> SwinConfig:
@@ -371,9 +371,9 @@ class SwinEncoder(nn.Module):
         return [(i, j, blk) for i, stage in enumerate(self.layers) for j, blk in enumerate(stage.blocks)]
 
     def _run(self, fn, *args):
-        if self.cfg.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(fn, *args, use_reentrant=False)
-        return fn(*args)
+        """One block (or patch merging) with the configured activation recomputation."""
+        mode = checkpoint_mode(self.cfg.gradient_checkpointing, "encoder.gradient_checkpointing")
+        return run_checkpointed(fn, *args, mode=mode if self.training else "none")
 
     def forward(self, image: Tensor) -> list[Tensor]:
         """``(B, 3, H, W)`` -> per-stage stream stacks ``(S_i, B, h_i, w_i, C_i)`` after patch merging."""
@@ -402,13 +402,13 @@ class SwinEncoder(nn.Module):
             out = streams if streams is not None else exits
             if stage.downsample is not None:
                 if streams is not None:
-                    streams = stage.downsample(streams)
+                    streams = self._run(stage.downsample, streams)
                     out = streams
                 elif exits is not None:  # shared + task exits merged in one call (T+1 streams)
-                    merged = stage.downsample(torch.cat([x.unsqueeze(0), exits]))
+                    merged = self._run(stage.downsample, torch.cat([x.unsqueeze(0), exits]))
                     x, out = merged[0], merged[1:]
                 else:
-                    x = stage.downsample(x)
+                    x = self._run(stage.downsample, x)
             if out is None:
                 out = x.unsqueeze(0)
             features.append(out)
