@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Training and inference (mtlora bench)"
 CONFIG = "configs/swin_tiny_r16.yaml"
-VARIANTS = "[config, full, decoders, checkpointing, selective]"
+VARIANTS = "[config, full, decoders, checkpointing, selective, config_full]"
 PRESETS: dict[str, list[str]] = {
     "cuda": [
         "--trainer.accelerator",
@@ -74,50 +74,22 @@ PRESETS: dict[str, list[str]] = {
 }
 
 
+def _command(options: list[str], json_out: Path) -> list[str]:
+    """``mtlora bench`` on the standard config and variants with ``options``, writing ``json_out``."""
+    json_arg = json_out.relative_to(ROOT) if json_out.is_relative_to(ROOT) else json_out
+    head = [sys.executable, "-m", "mtlora.cli", "bench", "--config", CONFIG]
+    return [*head, *options, "--variants", VARIANTS, "--json_out", str(json_arg)]
+
+
 def bench_command(device: str, json_out: Path, extra: list[str]) -> list[str]:
     """The ``mtlora bench`` command line of a preset."""
-    json_arg = json_out.relative_to(ROOT) if json_out.is_relative_to(ROOT) else json_out
-    return [
-        sys.executable,
-        "-m",
-        "mtlora.cli",
-        "bench",
-        "--config",
-        CONFIG,
-        *PRESETS[device],
-        "--variants",
-        VARIANTS,
-        "--json_out",
-        str(json_arg),
-        *extra,
-    ]
+    return _command(PRESETS[device], json_out) + extra
 
 
 def count_command(img_size: int, json_out: Path) -> list[str]:
     """``mtlora bench --count_only`` at the issue's GPU setting (batch 32, bf16) and ``img_size``."""
-    json_arg = json_out.relative_to(ROOT) if json_out.is_relative_to(ROOT) else json_out
-    return [
-        sys.executable,
-        "-m",
-        "mtlora.cli",
-        "bench",
-        "--config",
-        CONFIG,
-        "--trainer.accelerator",
-        "cpu",
-        "--img_size",
-        str(img_size),
-        "--batch_size",
-        "32",
-        "--precision",
-        "bf16",
-        "--count_only",
-        "true",
-        "--variants",
-        VARIANTS,
-        "--json_out",
-        str(json_arg),
-    ]
+    options = ["--trainer.accelerator", "cpu", "--img_size", str(img_size), "--batch_size", "32"]
+    return _command([*options, "--precision", "bf16", "--count_only", "true"], json_out)
 
 
 def section(report: dict) -> str:

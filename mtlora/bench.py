@@ -1,13 +1,18 @@
 """Training and inference benchmark of one configuration against its baselines (``mtlora bench``).
 
-For the configured architecture :func:`run_bench` builds up to four variants — the config as is
-(``config``), full fine-tuning (``full``), decoders only (``decoders``) and the config with
-gradient checkpointing (``checkpointing``) — and measures on one device, with synthetic
-inputs and targets so that no data loading is timed:
+For the configured architecture :func:`run_bench` builds variants — the config as is
+(``config``), full fine-tuning of the plain network (``full``), decoders only (``decoders``), the
+config with full or selective activation recomputation (``checkpointing``, ``selective``), and the
+config's own network with every weight trained (``config_full``: task streams and adapters kept,
+so it isolates what frozen weights save) — and measures on one device, with synthetic inputs and
+targets so that no data loading is timed:
 
 * **training**: images/s of forward + loss (:class:`~mtlora.losses.MultiTaskLoss`) + backward +
   AdamW step on the trainable parameters, after warm-up, timed between device synchronisations
   (no host synchronisation inside the timed loop); optionally also under ``torch.compile``.
+* **counted** (:func:`count_variant`, on fake tensors, any device, any size): FLOPs per image,
+  activations saved for backward, and the exact peak tensor memory of a training step
+  (:mod:`mtlora.tensor_memory`); ``count_only`` stops there.
 * **peak memory** of training: ``torch.cuda.max_memory_allocated`` on CUDA (weights, gradients,
   optimizer state and activations); on CPU the growth of the process' peak resident set
   (``VmHWM``, reset through ``/proc/self/clear_refs``) over the resident set before the variant
@@ -63,7 +68,7 @@ from mtlora.tensor_memory import TensorMemoryMeter, fake_model, new_fake_mode, s
 
 log = logging.getLogger(__name__)
 
-Variant = Literal["config", "full", "decoders", "checkpointing", "selective"]
+Variant = Literal["config", "full", "decoders", "checkpointing", "selective", "config_full"]
 Precision = Literal["auto", "bf16", "fp32"]
 
 # Dense peak TFLOP/s (no structured sparsity) by name fragment, first match wins; bf16 = tensor
@@ -300,6 +305,8 @@ def build_variant(template: MultiTaskModel, variant: Variant, img_size: int | No
     model = MultiTaskModel(
         task_channels, encoder, adapter, copy.deepcopy(template.decoder_config), load_pretrained=False
     )
+    if variant == "config_full":
+        model.requires_grad_(True)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # B = 0 at init would make merged == unmerged trivially true
         for name, p in model.named_parameters():
@@ -322,11 +329,14 @@ def make_train_step(
 ) -> Callable[[dict[str, Tensor]], Tensor]:
     """One training step as a closure; no host synchronisation (no ``.item()``) inside."""
 
-    def step(batch: dict[str, Tensor]) -> Tensor:
+    def loss(batch: dict[str, Tensor]) -> Tensor:
         with _autocast(device, precision):
             outputs = model(batch["image"])
         losses = criterion(outputs, batch)
-        total = sum(criterion.weights[t] * losses[t] for t in criterion.tasks)
+        return sum(criterion.weights[t] * losses[t] for t in criterion.tasks)
+
+    def step(batch: dict[str, Tensor]) -> Tensor:
+        total = loss(batch)  # the full-size outputs are freed before backward, as after a training_step
         total.backward()
         if optimizer is not None:
             optimizer.step()
@@ -341,10 +351,10 @@ def saved_activation_bytes(
 ) -> int:
     """Bytes autograd keeps for the backward of one training forward + loss (parameters excluded).
 
-    An exact, device-independent count of activation memory (unique storages packed by
-    ``saved_tensors_hooks``), unlike a process' resident set.  It reflects the device's kernels
-    (CPU dropout keeps a float mask, CUDA a bool one), and with gradient checkpointing it only
-    sees what the checkpointed blocks' outputs feed into (their saved inputs are held elsewhere).
+    An exact count of activation memory (unique storages packed by ``saved_tensors_hooks``),
+    unlike a process' resident set.  With full gradient checkpointing it only sees what the
+    checkpointed blocks' outputs feed into (their saved inputs are held by the checkpoint); the
+    tensors a selective policy keeps are included where torch shows them to the hooks.
     """
     params = WeakIdKeyDictionary({p.untyped_storage(): True for p in model.parameters()})
     storages: WeakIdKeyDictionary = (

@@ -115,7 +115,8 @@ class MTLoRATrainer(Trainer):
         warmup: int = 5,
         precision: Literal["auto", "bf16", "fp32"] = "auto",
         compile: bool = False,
-        variants: list[Literal["config", "full", "decoders", "checkpointing", "selective"]] | None = None,
+        variants: list[Literal["config", "full", "decoders", "checkpointing", "selective", "config_full"]]
+        | None = None,
         peak_tflops: float | None = None,
         inference: bool = True,
         repeats: int = 1,
@@ -136,7 +137,8 @@ class MTLoRATrainer(Trainer):
             compile: also measure ``torch.compile(fullgraph=True)`` training and inference.
             variants: ``config`` (as configured), ``full`` (full fine-tuning), ``decoders``
                 (frozen encoder), ``checkpointing`` (config + full gradient checkpointing),
-                ``selective`` (config + selective checkpointing); default: config, full, decoders.
+                ``selective`` (config + selective checkpointing), ``config_full`` (the config's
+                network with every weight trained); default: config, full, decoders.
             peak_tflops: device peak for MFU where the built-in table does not know it (CPUs).
             inference: also measure inference (eager, compiled, merged).
             repeats: measure all variants this many times in turn and keep the best of each
