@@ -102,7 +102,12 @@ class BenchSettings:
     steps: int = 20
     warmup: int = 5
     precision: Precision = "auto"
-    compile: bool = False
+    compile: bool | list[Variant] = False
+
+    def compiles(self, variant: str) -> bool:
+        """Whether ``variant`` is also measured under ``torch.compile`` (all, or the listed ones)."""
+        return self.compile is True or (isinstance(self.compile, list) and variant in self.compile)
+
     variants: list[Variant] = field(default_factory=lambda: ["config", "full", "decoders"])
     peak_tflops: float | None = None
     inference: bool = True
@@ -522,8 +527,10 @@ def _max_abs_diff(a: dict[str, Tensor], b: dict[str, Tensor]) -> float:
     return max(float((a[t].float() - b[t].float()).abs().max()) for t in a)
 
 
-def measure_inference(model: MultiTaskModel, image: Tensor, settings: BenchSettings, precision: str) -> dict:
-    """Images/s in eval mode: eager, compiled, merged (eager and compiled), with output checks."""
+def measure_inference(
+    model: MultiTaskModel, image: Tensor, settings: BenchSettings, precision: str, compiled: bool = False
+) -> dict:
+    """Images/s in eval mode: eager, merged, and with ``compiled`` both compiled, with output checks."""
     device = image.device
     model.eval()
     out: dict[str, float | None] = {}
@@ -540,7 +547,7 @@ def measure_inference(model: MultiTaskModel, image: Tensor, settings: BenchSetti
         return call()
 
     reference = run(model, "eager")
-    if settings.compile:
+    if compiled:
         out["compiled_max_abs_diff"] = _max_abs_diff(
             run(torch.compile(model, fullgraph=True), "compiled"), reference
         )
@@ -549,9 +556,9 @@ def measure_inference(model: MultiTaskModel, image: Tensor, settings: BenchSetti
         report = merge_model(merged)
         out["merged_layers"] = len(report.shared) + len(report.stream_paths)
         out["merged_max_abs_diff"] = _max_abs_diff(run(merged, "merged"), reference)
-        if settings.compile:
-            compiled = torch.compile(merged, fullgraph=True)
-            out["merged_compiled_max_abs_diff"] = _max_abs_diff(run(compiled, "merged_compiled"), reference)
+        if compiled:
+            net = torch.compile(merged, fullgraph=True)
+            out["merged_compiled_max_abs_diff"] = _max_abs_diff(run(net, "merged_compiled"), reference)
         del merged
     return out
 
@@ -582,7 +589,7 @@ def bench_variant(
     )
     result["memory_kind"] = meter.kind
     train_flops = result["train_flops_per_image"]
-    phases = [("train", False)] + ([("train_compiled", True)] if settings.compile else [])
+    phases = [("train", False)] + ([("train_compiled", True)] if settings.compiles(variant) else [])
     for name, compiled in phases:
         log.info("bench %s: %s", variant, name)
         res = measure_training(model, criterion, batch, settings, precision, meter, compiled)
@@ -592,7 +599,9 @@ def bench_variant(
         result[name] = res
     if settings.inference:
         log.info("bench %s: inference", variant)
-        result["inference"] = measure_inference(model, batch["image"], settings, precision)
+        result["inference"] = measure_inference(
+            model, batch["image"], settings, precision, settings.compiles(variant)
+        )
     del model, batch
     MemoryMeter.release()
     return result
@@ -716,7 +725,7 @@ def run_bench(
         "torch": torch.__version__,
         "git": git_commit(),
         "variants": variants,
-        "ratios": summarise(variants, settings.compile),
+        "ratios": summarise(variants, settings.compiles("config")),
     }
 
 

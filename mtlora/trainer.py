@@ -9,6 +9,9 @@ from typing import Literal
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 
+# mtlora.bench.Variant, repeated so that parsing the CLI does not import the bench
+BenchVariant = Literal["config", "full", "decoders", "checkpointing", "selective", "config_full"]
+
 log = logging.getLogger(__name__)
 
 
@@ -114,9 +117,8 @@ class MTLoRATrainer(Trainer):
         steps: int = 20,
         warmup: int = 5,
         precision: Literal["auto", "bf16", "fp32"] = "auto",
-        compile: bool = False,
-        variants: list[Literal["config", "full", "decoders", "checkpointing", "selective", "config_full"]]
-        | None = None,
+        compile: bool | list[BenchVariant] = False,
+        variants: list[BenchVariant] | None = None,
         peak_tflops: float | None = None,
         inference: bool = True,
         repeats: int = 1,
@@ -134,7 +136,8 @@ class MTLoRATrainer(Trainer):
             steps: timed steps per measurement, after ``warmup`` untimed ones.
             warmup: untimed steps first (compilation happens here).
             precision: ``bf16`` autocast, ``fp32``, or ``auto`` (bf16 on CUDA, fp32 elsewhere).
-            compile: also measure ``torch.compile(fullgraph=True)`` training and inference.
+            compile: also measure ``torch.compile(fullgraph=True)`` training and inference, for
+                every variant (``true``) or the listed ones (inductor compiles take minutes each).
             variants: ``config`` (as configured), ``full`` (full fine-tuning), ``decoders``
                 (frozen encoder), ``checkpointing`` (config + full gradient checkpointing),
                 ``selective`` (config + selective checkpointing), ``config_full`` (the config's

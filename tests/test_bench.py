@@ -198,3 +198,12 @@ def test_bench_count_only_counts_without_timing(tmp_path, capsys):
     assert ratio["value"] == pytest.approx(
         v["config"]["counted_peak_memory_bytes"] / v["full"]["counted_peak_memory_bytes"]
     )
+
+
+def test_cli_variant_names_match_the_bench():
+    from mtlora.trainer import BenchVariant
+
+    assert BenchVariant.__args__ == bench.Variant.__args__
+    assert bench.BenchSettings(compile=["config"]).compiles("config")
+    assert not bench.BenchSettings(compile=["config"]).compiles("full")
+    assert bench.BenchSettings(compile=True).compiles("full") and not bench.BenchSettings().compiles("config")
