@@ -19,8 +19,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# the versions this project's CI installs (pip show in .venv); pydantic pins pydantic-core exactly
 WHEELS=(jsonargparse==4.53.0 docstring-parser==0.18.0 typeshed-client==2.15.0 albumentations==2.0.8
-  albucore==0.0.24 pydantic==2.14.4 pydantic-core annotated-types typing-inspection simsimd stringzilla)
+  albucore==0.0.24 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
+  typing-extensions==4.16.0 simsimd==6.5.16 stringzilla==5.3.2)
 PART="${1:-eager}"
 
 if [[ "$PART" == "--fetch-wheels" ]]; then
