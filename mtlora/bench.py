@@ -104,16 +104,16 @@ class BenchSettings:
     precision: Precision = "auto"
     compile: bool | list[Variant] = False
 
-    def compiles(self, variant: str) -> bool:
-        """Whether ``variant`` is also measured under ``torch.compile`` (all, or the listed ones)."""
-        return self.compile is True or (isinstance(self.compile, list) and variant in self.compile)
-
     variants: list[Variant] = field(default_factory=lambda: ["config", "full", "decoders"])
     peak_tflops: float | None = None
     inference: bool = True
     repeats: int = 1
     seed: int = 0
     count_only: bool = False
+
+    def compiles(self, variant: str) -> bool:
+        """Whether ``variant`` is also measured under ``torch.compile`` (all, or the listed ones)."""
+        return self.compile is True or (isinstance(self.compile, list) and variant in self.compile)
 
 
 # ---------------------------------------------------------------------------------------- device
@@ -362,9 +362,8 @@ def saved_activation_bytes(
     tensors a selective policy keeps are included where torch shows them to the hooks.
     """
     params = WeakIdKeyDictionary({p.untyped_storage(): True for p in model.parameters()})
-    storages: WeakIdKeyDictionary = (
-        WeakIdKeyDictionary()
-    )  # keyed by storage object: fake ones have no address
+    # keyed by the storage objects: fake tensors' storages have no address
+    storages: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
     def pack(t: Tensor) -> Tensor:
         storage = t.untyped_storage()

@@ -9,14 +9,14 @@ and kernel workspaces) on any machine.  Run on fake tensors
 so the memory of a 448x448, batch-32 training step can be known on a laptop.
 
 ``torch.distributed._tools.mem_tracker.MemTracker`` does this too but registers gradient hooks
-on every parameter and fails on frozen ones, i.e. on every PEFT model.
+on every parameter and fails on frozen ones, i.e. on every PEFT model.  Like any Python dispatch
+mode, the meter counts eager execution; ``torch.compile`` does not trace through it.
 """
 
 from __future__ import annotations
 
 import weakref
 
-import torch
 from torch import Tensor, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -84,12 +84,10 @@ def fake_model(model: nn.Module, mode: FakeTensorMode) -> nn.Module:
 
 
 def to_fake(tensors: dict[str, Tensor], mode: FakeTensorMode) -> dict[str, Tensor]:
+    """Fake copies (same shapes, dtypes, devices) of a batch of real tensors."""
     return {k: mode.from_tensor(v) for k, v in tensors.items()}
 
 
 def new_fake_mode() -> FakeTensorMode:
     """A fake-tensor mode for counting (real tensors must be converted with :func:`fake_model`)."""
     return FakeTensorMode(allow_non_fake_inputs=False)
-
-
-__all__ = ["TensorMemoryMeter", "fake_model", "new_fake_mode", "storage_bytes", "to_fake", "torch"]
