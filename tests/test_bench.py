@@ -207,3 +207,26 @@ def test_cli_variant_names_match_the_bench():
     assert bench.BenchSettings(compile=["config"]).compiles("config")
     assert not bench.BenchSettings(compile=["config"]).compiles("full")
     assert bench.BenchSettings(compile=True).compiles("full") and not bench.BenchSettings().compiles("config")
+
+
+@pytest.mark.parametrize("preset", ["cuda", "cuda-compiled", "cpu"])
+def test_run_bench_presets_parse(preset, tmp_path, capsys, monkeypatch):
+    """Every preset of benchmarks/run_bench.py is a valid ``mtlora bench`` command line (parsed, not run),
+    so a device session does not spend its time on a typo."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "run_bench", Path(__file__).parents[1] / "benchmarks" / "run_bench.py"
+    )
+    run_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_bench)
+    command = run_bench.bench_command(preset, tmp_path / "out.json", [])
+    args = command[command.index("bench") :]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli([*args, "--print_config"])
+    assert exit_info.value.code in (None, 0)
+    printed = capsys.readouterr().out
+    assert "batch_size" in printed and "variants" in printed
+    counted = run_bench.count_command(448, tmp_path / "count.json")
+    with pytest.raises(SystemExit):
+        run_cli([*counted[counted.index("bench") :], "--print_config"])
