@@ -306,9 +306,12 @@ def build_variant(template: MultiTaskModel, variant: Variant, img_size: int | No
         encoder = replace(encoder, gradient_checkpointing=True)
     elif variant == "selective":
         encoder = replace(encoder, gradient_checkpointing="selective")
-    task_channels = {t: h.last_layer[-1].out_channels for t, h in template.decoder.heads.items()}
     model = MultiTaskModel(
-        task_channels, encoder, adapter, copy.deepcopy(template.decoder_config), load_pretrained=False
+        template.task_channels,
+        encoder,
+        adapter,
+        copy.deepcopy(template.decoder_config),
+        load_pretrained=False,
     )
     if variant == "config_full":
         model.requires_grad_(True)
@@ -427,11 +430,11 @@ def count_variant(
     model = build_variant(template, variant, settings.img_size)
     weights = storage_bytes([*model.parameters(), *model.buffers()])
     img = model.encoder_config.img_size
-    channels = {t: h.last_layer[-1].out_channels for t, h in model.decoder.heads.items()}
     mode = new_fake_mode()
     fake_model(model, mode)
     batch = to_fake(
-        synthetic_batch(channels, settings.batch_size, img, torch.device("cpu"), settings.seed), mode
+        synthetic_batch(model.task_channels, settings.batch_size, img, torch.device("cpu"), settings.seed),
+        mode,
     )
     with mode:
         train_flops, fwd_flops = train_flops_per_image(model, criterion, batch, precision)
@@ -571,16 +574,18 @@ def bench_variant(
     device: torch.device,
     precision: str,
     peak_tflops: float | None,
+    counts: dict,
 ) -> dict:
-    """All measurements of one variant; the model is built here and freed before returning."""
-    result: dict = count_variant(template, variant, criterion, settings, precision)
-    if settings.count_only:
-        return result
+    """The timed measurements of one variant, added to its ``counts`` (:func:`count_variant`).
+
+    The model is built here and freed before returning.
+    """
+    result = copy.deepcopy(counts)
     meter = MemoryMeter(device)
     meter.mark_baseline()
     model = build_variant(template, variant, settings.img_size).to(device)
     batch = synthetic_batch(
-        {t: h.last_layer[-1].out_channels for t, h in model.decoder.heads.items()},
+        model.task_channels,
         settings.batch_size,
         model.encoder_config.img_size,
         device,
@@ -697,11 +702,17 @@ def run_bench(
     peak, peak_source = device_peak_tflops(device, precision, settings.peak_tflops)
     torch.manual_seed(settings.seed)
     names = list(dict.fromkeys(settings.variants))
-    runs: dict[str, list[dict]] = {name: [] for name in names}
-    for _ in range(max(1, settings.repeats)):  # round robin: load changes hit every variant alike
-        for name in names:
-            runs[name].append(bench_variant(template, name, criterion, settings, device, precision, peak))
-    variants = {name: best_of(results) for name, results in runs.items()}
+    counts = {name: count_variant(template, name, criterion, settings, precision) for name in names}
+    if settings.count_only:
+        variants = counts
+    else:
+        runs: dict[str, list[dict]] = {name: [] for name in names}
+        for _ in range(max(1, settings.repeats)):  # round robin: load changes hit every variant alike
+            for name in names:
+                runs[name].append(
+                    bench_variant(template, name, criterion, settings, device, precision, peak, counts[name])
+                )
+        variants = {name: best_of(results) for name, results in runs.items()}
     return {
         "device": {
             "type": device.type,

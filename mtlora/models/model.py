@@ -115,10 +115,15 @@ class MultiTaskModel(nn.Module):
         features = self.backbone(image)
         return self.decoder(features, self.plan.stage_task_streams, tuple(image.shape[-2:]))
 
+    @property
+    def task_channels(self) -> dict[str, int]:
+        """Output channels of every task's head, in task order."""
+        return {t: h.last_layer[-1].out_channels for t, h in self.decoder.heads.items()}
+
     def config_dict(self) -> dict:
         """Primitive description of the architecture (stored with checkpoints and exports)."""
         return {
-            "task_channels": {t: h.last_layer[-1].out_channels for t, h in self.decoder.heads.items()},
+            "task_channels": self.task_channels,
             "encoder": asdict(self.encoder_config),
             "adapter": asdict(self.adapter_config),
             "decoder": asdict(self.decoder_config),
