@@ -2,7 +2,9 @@
 
 Runs the ``mtlora bench`` command (so the recorded command is exactly what ran) on Swin-T MTLoRA
 r16 (configs/swin_tiny_r16.yaml) against full fine-tuning, decoders-only, MTLoRA with full and
-selective recomputation and MTLoRA's network trained in full, with one of three presets:
+selective recomputation, MTLoRA's network trained in full, MTLoRA without its task streams and a
+frozen encoder that gradients cross (the floor of any method adapting every block), with one of
+three presets:
 
 * ``--device cuda``: the issue's setting: 448x448, batch 32, bf16 autocast, eager, every variant,
   20 timed steps after 5 warm-up steps.
@@ -36,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Training and inference (mtlora bench, {preset})"
 CONFIG = "configs/swin_tiny_r16.yaml"
-VARIANTS = "[config, full, decoders, checkpointing, selective, config_full]"
+VARIANTS = "[config, full, decoders, checkpointing, selective, config_full, shared_only, frozen_encoder]"
 COMPILED_VARIANTS = "[config, full]"
 _CUDA = [
     "--trainer.accelerator",

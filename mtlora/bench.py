@@ -4,8 +4,11 @@ For the configured architecture :func:`run_bench` builds variants — the config
 (``config``), full fine-tuning of the plain network (``full``), decoders only (``decoders``), the
 config with full or selective activation recomputation (``checkpointing``, ``selective``), and the
 config's own network with every weight trained (``config_full``: task streams and adapters kept,
-so it isolates what frozen weights save) — and measures on one device, with synthetic inputs and
-targets so that no data loading is timed:
+so it isolates what frozen weights save), the config without its task-specific streams
+(``shared_only``: every block task-agnostic, so it isolates what the streams cost) and a frozen
+encoder that gradients still cross down to the patch embedding (``frozen_encoder``: the training
+cost of adapters that cost nothing, i.e. the floor of any method that adapts every block) — and
+measures on one device, with synthetic inputs and targets so that no data loading is timed:
 
 * **training**: images/s of forward + loss (:class:`~mtlora.losses.MultiTaskLoss`) + backward +
   AdamW step on the trainable parameters, after warm-up, timed between device synchronisations
@@ -68,7 +71,9 @@ from mtlora.tensor_memory import TensorMemoryMeter, fake_model, new_fake_mode, s
 
 log = logging.getLogger(__name__)
 
-Variant = Literal["config", "full", "decoders", "checkpointing", "selective", "config_full"]
+Variant = Literal[
+    "config", "full", "decoders", "checkpointing", "selective", "config_full", "shared_only", "frozen_encoder"
+]
 Precision = Literal["auto", "bf16", "fp32"]
 
 # Dense peak TFLOP/s (no structured sparsity) by name fragment, first match wins; bf16 = tensor
@@ -306,6 +311,14 @@ def build_variant(template: MultiTaskModel, variant: Variant, img_size: int | No
         encoder = replace(encoder, gradient_checkpointing=True)
     elif variant == "selective":
         encoder = replace(encoder, gradient_checkpointing="selective")
+    elif variant == "shared_only":
+        if adapter.method not in ("mtlora", "progressive"):
+            raise ValueError(
+                f"bench variant shared_only needs task streams to remove; adapter.method={adapter.method!r} has none"
+            )
+        adapter = replace(adapter, plan=["shared"] * len(template.plan.blocks))
+    elif variant == "frozen_encoder":
+        adapter = replace(adapter, method="decoders")
     model = MultiTaskModel(
         template.task_channels,
         encoder,
@@ -315,6 +328,8 @@ def build_variant(template: MultiTaskModel, variant: Variant, img_size: int | No
     )
     if variant == "config_full":
         model.requires_grad_(True)
+    elif variant == "frozen_encoder":  # gradients must flow through every block down to the image stem
+        model.backbone.patch_embed.requires_grad_(True)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # B = 0 at init would make merged == unmerged trivially true
         for name, p in model.named_parameters():
@@ -770,26 +785,29 @@ def format_report(report: dict) -> str:
         + f", git {report['git']['commit']}{' (dirty)' if report['git']['dirty'] else ''}",
         "",
         "counted (device-independent: FLOPs per image; saved = activations kept for backward; "
-        "peak = weights + grads + AdamW state + activations of a training step)",
-        f"{'variant':<14}{'method':<12}{'ckpt':<10}{'trainable':>12}{'train GF':>10}{'fwd GF':>8}"
-        f"{'merged GF':>10}{'saved MiB':>10}{'peak MiB':>10}{'vs full':>8}",
+        "peak = weights + grads + AdamW state + activations of a training step; mem/full = peak / full's; "
+        "flop cap = full's training FLOPs / this one's, the speed-up over full at equal MFU)",
+        f"{'variant':<16}{'method':<12}{'ckpt':<10}{'trainable':>12}{'train GF':>10}{'fwd GF':>8}"
+        f"{'merged GF':>10}{'saved MiB':>10}{'peak MiB':>10}{'mem/full':>9}{'flop cap':>9}",
     ]
     for name, v in variants:
         peak = v.get("counted_peak_memory_bytes")
         ratio = _ratio(peak, full.get("counted_peak_memory_bytes")) if full else None
+        cap = _ratio(full["train_flops_per_image"], v["train_flops_per_image"]) if full else None
         merged = v.get("merged_forward_flops_per_image")
         lines.append(
-            f"{name:<14}{v['method']:<12}{str(v.get('gradient_checkpointing', False)):<10}"
+            f"{name:<16}{v['method']:<12}{str(v.get('gradient_checkpointing', False)):<10}"
             f"{v['parameters']['trainable']:>12,}{v['train_flops_per_image'] / 1e9:>10.2f}"
             f"{v['forward_flops_per_image'] / 1e9:>8.2f}{_fmt(None if merged is None else merged / 1e9, '.2f'):>10}"
-            f"{_mib(v.get('saved_activation_bytes', 0)):>10.0f}{_fmt(_mib(peak), '.0f'):>10}{_fmt(ratio, '.3f'):>8}"
+            f"{_mib(v.get('saved_activation_bytes', 0)):>10.0f}{_fmt(_mib(peak), '.0f'):>10}"
+            f"{_fmt(ratio, '.3f'):>9}{_fmt(cap, '.3f'):>9}"
         )
     timed = [(n, v) for n, v in variants if "train" in v]
     if timed:
         lines += [
             "",
             "training, timed (peak: the device's own peak of the phase: CUDA allocator, or CPU resident-set growth)",
-            f"{'variant':<14}{'img/s':>9}{'step ms':>10}{'vs full':>8}{'peak MiB':>10}{'TFLOP/s':>9}{'MFU':>7}",
+            f"{'variant':<16}{'img/s':>9}{'step ms':>10}{'vs full':>8}{'peak MiB':>10}{'TFLOP/s':>9}{'MFU':>7}",
         ]
         for name, v in timed:
             for phase in ("train", "train_compiled"):
@@ -801,7 +819,7 @@ def format_report(report: dict) -> str:
                 )
                 label = name if phase == "train" else "  +compile"
                 lines.append(
-                    f"{label:<14}{r['images_per_s']:>9.2f}{r['step_ms']:>10.1f}{_fmt(speed, '.3f'):>8}"
+                    f"{label:<16}{r['images_per_s']:>9.2f}{r['step_ms']:>10.1f}{_fmt(speed, '.3f'):>8}"
                     f"{_fmt(_mib(r['peak_memory_bytes']), '.0f'):>10}{r['achieved_tflops']:>9.3f}"
                     f"{_fmt(None if r['mfu'] is None else 100 * r['mfu'], '.1f'):>7}"
                 )
@@ -809,14 +827,14 @@ def format_report(report: dict) -> str:
         lines += [
             "",
             "inference (images/s)",
-            f"{'variant':<14}{'eager':>10}{'compiled':>10}{'merged':>10}{'merged+c':>10}{'merge diff':>12}",
+            f"{'variant':<16}{'eager':>10}{'compiled':>10}{'merged':>10}{'merged+c':>10}{'merge diff':>12}",
         ]
         for name, v in variants:
             inf = v.get("inference")
             if not inf:
                 continue
             lines.append(
-                f"{name:<14}"
+                f"{name:<16}"
                 f"{_fmt(inf.get('eager_images_per_s'), '.2f'):>10}"
                 f"{_fmt(inf.get('compiled_images_per_s'), '.2f'):>10}"
                 f"{_fmt(inf.get('merged_images_per_s'), '.2f'):>10}"

@@ -10,7 +10,9 @@ from typing import Literal
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 
 # mtlora.bench.Variant, repeated so that parsing the CLI does not import the bench
-BenchVariant = Literal["config", "full", "decoders", "checkpointing", "selective", "config_full"]
+BenchVariant = Literal[
+    "config", "full", "decoders", "checkpointing", "selective", "config_full", "shared_only", "frozen_encoder"
+]
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +143,10 @@ class MTLoRATrainer(Trainer):
             variants: ``config`` (as configured), ``full`` (full fine-tuning), ``decoders``
                 (frozen encoder), ``checkpointing`` (config + full gradient checkpointing),
                 ``selective`` (config + selective checkpointing), ``config_full`` (the config's
-                network with every weight trained); default: config, full, decoders.
+                network with every weight trained), ``shared_only`` (the config without its
+                task-specific streams), ``frozen_encoder`` (frozen encoder that gradients still
+                cross: the cost floor of any method adapting every block); default: config,
+                full, decoders.
             peak_tflops: device peak for MFU where the built-in table does not know it (CPUs).
             inference: also measure inference (eager, compiled, merged).
             repeats: measure all variants this many times in turn and keep the best of each

@@ -230,3 +230,50 @@ def test_run_bench_presets_parse(preset, tmp_path, capsys, monkeypatch):
     counted = run_bench.count_command(448, tmp_path / "count.json")
     with pytest.raises(SystemExit):
         run_cli([*counted[counted.index("bench") :], "--print_config"])
+
+
+def test_bench_variants_that_bound_the_speed_target(tmp_path, capsys):
+    """``shared_only`` removes the task streams, ``frozen_encoder`` is the floor of adapting every block.
+
+    The speed target compares MTLoRA with full fine-tuning; these two variants say how much of the
+    difference the task streams cost and how much any adapter could save at all.
+    """
+    out = tmp_path / "count.json"
+    run_cli(
+        [
+            "bench",
+            "--config",
+            str(CONFIGS / "tiny_synthetic.yaml"),
+            "--count_only",
+            "true",
+            "--variants",
+            "[config, full, decoders, shared_only, frozen_encoder]",
+            "--json_out",
+            str(out),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert "flop cap" in printed and "frozen_encoder" in printed
+    v = json.loads(out.read_text())["variants"]
+    train = {name: variant["train_flops_per_image"] for name, variant in v.items()}
+    forward = {name: variant["forward_flops_per_image"] for name, variant in v.items()}
+    # the floor pays the decoders plus input gradients through every frozen block, no weight gradients
+    assert train["decoders"] < train["frozen_encoder"] < train["shared_only"] < train["config"]
+    assert train["frozen_encoder"] < train["full"]  # (the tiny config's own decoders outweigh its encoder)
+    assert forward["frozen_encoder"] == forward["full"] == forward["decoders"]
+    assert forward["full"] < forward["shared_only"] < forward["config"]  # low-rank paths; + task streams
+    params = {name: variant["parameters"] for name, variant in v.items()}
+    assert params["frozen_encoder"]["encoder_trainable"] > 0 == params["decoders"]["encoder_trainable"]
+    assert params["shared_only"]["trainable"] < params["config"]["trainable"]
+
+
+def test_shared_only_needs_a_config_with_task_streams():
+    from mtlora.models.model import EncoderConfig, MultiTaskModel
+    from mtlora.models.plans import AdapterConfig
+
+    encoder = EncoderConfig(
+        embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4], window_size=2, img_size=64
+    )
+    template = MultiTaskModel({"semseg": 5}, encoder, AdapterConfig(method="bitfit"), load_pretrained=False)
+    with pytest.raises(ValueError, match="shared_only.*bitfit"):
+        bench.build_variant(template, "shared_only")
