@@ -12,7 +12,9 @@ measures on one device, with synthetic inputs and targets so that no data loadin
 
 * **training**: images/s of forward + loss (:class:`~mtlora.losses.MultiTaskLoss`) + backward +
   AdamW step on the trainable parameters, after warm-up, timed between device synchronisations
-  (no host synchronisation inside the timed loop); optionally also under ``torch.compile``.
+  (no host synchronisation inside the timed loop); optionally also under ``torch.compile``.  On a
+  CPU, freed memory stays in the heap while timing (:func:`host_memory_kept`), as a caching
+  allocator keeps it, so that page faults of fresh large blocks are not timed as model work.
 * **counted** (:func:`count_variant`, on fake tensors, any device, any size): FLOPs per image,
   activations saved for backward, and the exact peak tensor memory of a training step
   (:mod:`mtlora.tensor_memory`); ``count_only`` stops there.
@@ -43,6 +45,7 @@ merged-vs-unmerged comparison checks something.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import ctypes
 import gc
@@ -237,6 +240,38 @@ class MemoryMeter:
         if hwm is None or self.baseline < 0:
             return None
         return max(0, hwm - self.baseline)
+
+
+# glibc mallopt parameters (malloc.h) and their defaults
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_GLIBC_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
+
+
+@contextlib.contextmanager
+def host_memory_kept(device: torch.device):
+    """On a CPU device with glibc, keep freed memory in the process heap while timing.
+
+    glibc serves large blocks (above 32 MiB at most: MTLoRA's task-stacked tensors at any real
+    size) with fresh ``mmap``s and unmaps them on free, so every step pays the page faults of
+    touching them again; in a container that can cost more than the arithmetic (a 77 MB allocate
+    + fill: 29 ms against 3.6 ms to refill).  CUDA's caching allocator and jemalloc/tcmalloc,
+    which PyTorch recommends for CPU training, keep such blocks, so timings with glibc's defaults
+    would rank methods by their allocation sizes.  Yields a description for the report (None
+    where nothing was changed); glibc's documented defaults are restored afterwards.
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt if device.type == "cpu" else None
+    except (OSError, AttributeError):
+        mallopt = None
+    if mallopt is None or not mallopt(_M_MMAP_MAX, 0):
+        yield None
+        return
+    mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    try:
+        yield "glibc heap kept (mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB)"
+    finally:
+        for param, value in _GLIBC_DEFAULTS.items():
+            mallopt(param, value)
 
 
 class ValueReadCounter(TorchDispatchMode):
@@ -718,15 +753,19 @@ def run_bench(
     torch.manual_seed(settings.seed)
     names = list(dict.fromkeys(settings.variants))
     counts = {name: count_variant(template, name, criterion, settings, precision) for name in names}
+    host_allocator = None
     if settings.count_only:
         variants = counts
     else:
         runs: dict[str, list[dict]] = {name: [] for name in names}
-        for _ in range(max(1, settings.repeats)):  # round robin: load changes hit every variant alike
-            for name in names:
-                runs[name].append(
-                    bench_variant(template, name, criterion, settings, device, precision, peak, counts[name])
-                )
+        with host_memory_kept(device) as host_allocator:
+            for _ in range(max(1, settings.repeats)):  # round robin: load changes hit every variant alike
+                for name in names:
+                    runs[name].append(
+                        bench_variant(
+                            template, name, criterion, settings, device, precision, peak, counts[name]
+                        )
+                    )
         variants = {name: best_of(results) for name, results in runs.items()}
     return {
         "device": {
@@ -736,6 +775,7 @@ def run_bench(
             "cpu_count": os.cpu_count(),
             "peak_tflops": peak,
             "peak_source": peak_source,
+            "host_allocator": host_allocator,
         },
         "settings": {
             **asdict(settings),
@@ -775,7 +815,8 @@ def format_report(report: dict) -> str:
     full = report["variants"].get("full")
     lines = [
         f"device: {d['name']} ({d['type']}, {d['torch_threads']} threads)   peak: "
-        f"{_fmt(d['peak_tflops'], '.0f')} TFLOP/s [{d['peak_source']}]",
+        f"{_fmt(d['peak_tflops'], '.0f')} TFLOP/s [{d['peak_source']}]"
+        + (f"   host memory: {d['host_allocator']}" if d.get("host_allocator") else ""),
         f"input {s['img_size']}x{s['img_size']}, batch {s['batch_size']}, {s['precision']}, "
         + (
             "counted only (fake tensors, nothing timed)"
