@@ -184,6 +184,15 @@ def git_commit() -> dict[str, str | bool | None]:
         return {"commit": None, "dirty": None}
 
 
+def _glibc() -> ctypes.CDLL | None:
+    """The C library where it is glibc (``malloc_trim`` and ``mallopt`` are glibc extensions)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+
+
 class MemoryMeter:
     """Peak memory of one phase: CUDA allocator peak, or peak RSS growth of the process on CPU."""
 
@@ -208,10 +217,9 @@ class MemoryMeter:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        try:  # glibc keeps freed blocks; give them back so RSS growth is visible again
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
+        libc = _glibc()
+        if libc is not None:  # glibc keeps freed blocks; give them back so RSS growth is visible again
+            libc.malloc_trim(0)
 
     def mark_baseline(self) -> None:
         """Call before the variant is built: its weights count towards the peak."""
@@ -257,12 +265,11 @@ def host_memory_kept(device: torch.device):
     + fill: 29 ms against 3.6 ms to refill).  CUDA's caching allocator and jemalloc/tcmalloc,
     which PyTorch recommends for CPU training, keep such blocks, so timings with glibc's defaults
     would rank methods by their allocation sizes.  Yields a description for the report (None
-    where nothing was changed); glibc's documented defaults are restored afterwards.
+    where nothing was changed); glibc's documented defaults are restored afterwards (its dynamic
+    mmap threshold, which any ``mallopt`` switches off, stays off).
     """
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt if device.type == "cpu" else None
-    except (OSError, AttributeError):
-        mallopt = None
+    libc = _glibc() if device.type == "cpu" else None
+    mallopt = None if libc is None else libc.mallopt
     if mallopt is None or not mallopt(_M_MMAP_MAX, 0):
         yield None
         return
