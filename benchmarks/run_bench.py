@@ -19,7 +19,7 @@ the issue's GPU setting, counted on any machine; a count, not a timing).
 With ``--update-results`` the preset's section "## Training and inference (mtlora bench, <preset>)"
 of benchmarks/RESULTS.md is replaced (other sections are kept).
 
-    python benchmarks/run_bench.py --device cuda --count-at 448 --update-results
+    python benchmarks/run_bench.py --device cuda --update-results   # runs at 448/32/bf16: no --count-at
     python benchmarks/run_bench.py --device cuda-compiled --update-results
     OMP_NUM_THREADS=1 python benchmarks/run_bench.py --device cpu --count-at 448 --update-results
 """
