@@ -145,12 +145,15 @@ class MultiTaskModule(LightningModule):
 
     # ------------------------------------------------------------------ metrics plumbing
     def _build_metrics(self, task_channels: dict[str, int]) -> None:
-        from mtlora.metrics import MultiTaskEvaluator
+        from mtlora.metrics import LossMean, MultiTaskEvaluator
 
+        # data-set losses (sums and counts reduced over ranks): the same on 1 or N devices
+        self.eval_losses = torch.nn.ModuleDict()
         for stage in ("val", "test"):
             self.evaluators[stage] = MultiTaskEvaluator(
                 list(task_channels), task_channels, edge_max_dist=self.hparams.edge_max_dist
             )
+            self.eval_losses[stage] = LossMean(list(task_channels))
 
     def setup(self, stage: str) -> None:
         from mtlora.init_weights import load_init_weights, needs_pretrained_base
@@ -190,10 +193,7 @@ class MultiTaskModule(LightningModule):
 
     def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
         outputs = self.model(batch["image"])
-        total, losses = self._losses(outputs, batch)
-        bs = batch["image"].shape[0]
-        self.log(f"{stage}/loss", total, batch_size=bs, sync_dist=True)
-        self.log_dict({f"{stage}/{t}/loss": v for t, v in losses.items()}, batch_size=bs, sync_dist=True)
+        self.eval_losses[stage].update(self.criterion.sums(outputs, batch))
         self.evaluators[stage].update(outputs, batch)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -205,12 +205,17 @@ class MultiTaskModule(LightningModule):
     def _eval_epoch_end(self, stage: str) -> None:
         evaluator = self.evaluators[stage]
         results = evaluator.compute()  # collective under DDP: every rank calls it
+        losses = self.eval_losses[stage].compute()  # collective too
+        logged = {f"{stage}/{k}": v for k, v in results.items()}
+        logged.update({f"{stage}/{t}/loss": v for t, v in losses.items()})
+        logged[f"{stage}/loss"] = self.weighting(losses).detach()
         # values are already reduced over ranks by compute(); sync_dist only keeps Lightning quiet
-        self.log_dict({f"{stage}/{k}": v for k, v in results.items()}, sync_dist=True)
+        self.log_dict(logged, sync_dist=True)
         dm = self._delta_m(results)
         if dm is not None:
             self.log(f"{stage}/delta_m", dm, prog_bar=stage == "val", sync_dist=True)
         evaluator.reset()
+        self.eval_losses[stage].reset()
 
     def _delta_m_tasks(self, baseline: str | dict[str, float] | None) -> list[str]:
         """Tasks that enter Δm; fails early when the baseline covers none of them."""

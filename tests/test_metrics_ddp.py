@@ -16,7 +16,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mtlora.metrics import MultiTaskEvaluator
+from mtlora.losses import MultiTaskLoss
+from mtlora.metrics import LossMean, MultiTaskEvaluator
 
 TASKS = ["semseg", "human_parts", "sal", "normals", "depth", "edge"]
 NUM_IMAGES, SIZE = 5, 12
@@ -77,6 +78,10 @@ def worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
             ev.update(take(outputs, [3, 4, 0]), take(batch, [3, 4, 0]), sample_mask=mask)
         results = ev.compute()
         results["semseg/per_class"] = ev.per_class_iou("semseg")
+        losses = LossMean(TASKS)  # uneven shards without padding: 3 images in 2 batches, 2 in 1
+        for index in ([0, 1], [2]) if rank == 0 else ([3, 4],):
+            losses.update(MultiTaskLoss(TASKS).sums(take(outputs, index), take(batch, index)))
+        results.update({f"{t}/data_set_loss": v for t, v in losses.compute().items()})
         ev.update(take(outputs, [0]), take(batch, [0]))  # local state stays usable after compute
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -98,6 +103,9 @@ def test_two_process_gloo_equals_single_process(tmp_path):
     single.update(outputs, batch)
     expected = single.compute()
     expected["semseg/per_class"] = single.per_class_iou("semseg")
+    losses = LossMean(TASKS)
+    losses.update(MultiTaskLoss(TASKS).sums(outputs, batch))
+    expected.update({f"{t}/data_set_loss": v for t, v in losses.compute().items()})
     assert all(math.isfinite(v.sum().item()) for v in expected.values())
 
     for rank in range(2):
