@@ -22,7 +22,7 @@ from mtlora.checkpointing import (
     restore_rng_state,
     warn_epoch_end_resume_with_max_steps,
 )
-from mtlora.losses import MultiTaskLoss
+from mtlora.losses import MultiTaskLoss, masked_mean
 from mtlora.models.model import DecoderConfig, EncoderConfig, MultiTaskModel, parameter_counts
 from mtlora.models.plans import AdapterConfig
 from mtlora.nonfinite import NonFiniteGuard
@@ -142,6 +142,7 @@ class MultiTaskModule(LightningModule):
         self._init_weights_pending = init_weights
         self._rng_to_restore: dict | None = None
         self.nonfinite = NonFiniteGuard(self.tasks, max_nonfinite_steps)
+        self._labelled: Tensor | None = None
 
     # ------------------------------------------------------------------ metrics plumbing
     def _build_metrics(self, task_channels: dict[str, int]) -> None:
@@ -177,9 +178,13 @@ class MultiTaskModule(LightningModule):
         return self.model(image)
 
     def _losses(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        losses = self.criterion(outputs, batch)
-        total = self.weighting(losses)
-        return total, losses
+        """Training batch: total and per-task losses; also counts the epoch's labelled pixels."""
+        sums = self.criterion.sums(outputs, batch, per_image=False)
+        losses = {t: masked_mean(total, count) for t, (total, count) in sums.items()}
+        # labelled pixels per task this epoch, on the device (read once per epoch)
+        labelled = torch.stack([count for _, count in sums.values()]).float().detach()
+        self._labelled = labelled if self._labelled is None else self._labelled + labelled
+        return self.weighting(losses), losses
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         outputs = self.model(batch["image"])
@@ -245,6 +250,27 @@ class MultiTaskModule(LightningModule):
     def on_train_epoch_end(self) -> None:
         self.weighting.end_epoch(lambda t: self.trainer.strategy.reduce(t, reduce_op="mean"))
         self._check_nonfinite()
+        self._warn_unlabelled_tasks()
+
+    def _warn_unlabelled_tasks(self) -> None:
+        """Warn about tasks without one labelled pixel in the epoch: their loss was 0 throughout.
+
+        E.g. human_parts when no training image has a person with parts: the task trains nothing
+        and its validation mIoU is NaN, which is easy to miss in a long run.
+        """
+        labelled, self._labelled = self._labelled, None
+        if labelled is None:  # no batch on this rank; the reduce below is collective
+            labelled = torch.zeros(len(self.tasks), device=self.device)
+        if self.trainer.world_size > 1:
+            labelled = self.trainer.strategy.reduce(labelled, reduce_op="sum")
+        empty = [t for t, n in zip(self.tasks, labelled.tolist()) if n == 0]
+        if empty and self.global_rank == 0:
+            log.warning(
+                "training epoch %d: no labelled pixel for task(s) %s in any batch; their loss was 0 "
+                "and they learned nothing (check the data, e.g. `mtlora data check`)",
+                self.current_epoch,
+                ", ".join(empty),
+            )
 
     # ------------------------------------------------------------------ reliability
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
