@@ -7,13 +7,14 @@ tensor clamped at 1, so a batch without a single labelled pixel for a task gives
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlora.tasks import IGNORE_INDEX, task_info
 
 
-def masked_mean(total: Tensor, count: Tensor) -> Tensor:
+def _masked_mean(total: Tensor, count: Tensor) -> Tensor:
     """``total / count``, 0 when nothing is labelled (``count`` 0), without a host sync."""
     return total / count.clamp_min(1)
 
@@ -26,7 +27,7 @@ def segmentation_loss_sum(logits: Tensor, target: Tensor) -> tuple[Tensor, Tenso
 
 def segmentation_loss(logits: Tensor, target: Tensor) -> Tensor:
     """Cross-entropy over labelled pixels; ``target`` (B, H, W) int64 with 255 ignored."""
-    return masked_mean(*segmentation_loss_sum(logits, target))
+    return _masked_mean(*segmentation_loss_sum(logits, target))
 
 
 def balanced_bce_loss_sum(
@@ -62,7 +63,7 @@ def balanced_bce_loss(logits: Tensor, target: Tensor, pos_weight: float | None =
     (official saliency loss).  The sum is divided by the number of labelled pixels; the official
     code divides by all pixels, which is the same number because it has no ignore region.
     """
-    return masked_mean(*balanced_bce_loss_sum(logits, target, pos_weight))
+    return _masked_mean(*balanced_bce_loss_sum(logits, target, pos_weight))
 
 
 def normals_loss_sum(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
@@ -75,7 +76,7 @@ def normals_loss_sum(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
 
 def normals_loss(pred: Tensor, target: Tensor) -> Tensor:
     """L1 between unit-normalised prediction and label, over valid elements (official: eps 1e-12)."""
-    return masked_mean(*normals_loss_sum(pred, target))
+    return _masked_mean(*normals_loss_sum(pred, target))
 
 
 def depth_loss_sum(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
@@ -86,7 +87,7 @@ def depth_loss_sum(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
 
 def depth_loss(pred: Tensor, target: Tensor) -> Tensor:
     """L1 over pixels with a depth label."""
-    return masked_mean(*depth_loss_sum(pred, target))
+    return _masked_mean(*depth_loss_sum(pred, target))
 
 
 def task_loss_sum(
@@ -109,7 +110,7 @@ def task_loss_sum(
 
 def task_loss(task: str, logits: Tensor, target: Tensor) -> Tensor:
     """Dispatch to the loss of ``task`` (its kind in :mod:`mtlora.tasks`)."""
-    return masked_mean(*task_loss_sum(task, logits, target))
+    return _masked_mean(*task_loss_sum(task, logits, target))
 
 
 class MultiTaskLoss(nn.Module):
@@ -126,15 +127,16 @@ class MultiTaskLoss(nn.Module):
 
     def forward(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Return ``{task: loss}`` (unweighted)."""
-        return {t: masked_mean(*pair) for t, pair in self.sums(outputs, batch, per_image=False).items()}
+        return {t: task_loss(t, outputs[t], batch[t]) for t in self.tasks}
 
-    def sums(
-        self, outputs: dict[str, Tensor], batch: dict[str, Tensor], per_image: bool = True
-    ) -> dict[str, tuple[Tensor, Tensor]]:
-        """``{task: (summed loss, labelled count)}``; by default with per-image saliency weights.
+    def sums(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+        """``{task: (summed loss, labelled count)}`` with per-image saliency weights, for evaluation.
 
         Accumulated over a whole validation set (and all processes), ``sum / count`` is the
-        set's loss independent of batch size and device count.  ``per_image=False`` gives the
-        training batch's terms (``forward`` is their ratio).
+        set's loss independent of batch size and device count.
         """
-        return {t: task_loss_sum(t, outputs[t], batch[t], per_image=per_image) for t in self.tasks}
+        return {t: task_loss_sum(t, outputs[t], batch[t], per_image=True) for t in self.tasks}
+
+    def labelled(self, batch: dict[str, Tensor]) -> Tensor:
+        """Labelled elements of every task in ``batch``, ``(T,)`` int64 on the labels' device."""
+        return torch.stack([(batch[t] != IGNORE_INDEX).sum() for t in self.tasks])

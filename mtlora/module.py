@@ -22,7 +22,7 @@ from mtlora.checkpointing import (
     restore_rng_state,
     warn_epoch_end_resume_with_max_steps,
 )
-from mtlora.losses import MultiTaskLoss, masked_mean
+from mtlora.losses import MultiTaskLoss
 from mtlora.models.model import DecoderConfig, EncoderConfig, MultiTaskModel, parameter_counts
 from mtlora.models.plans import AdapterConfig
 from mtlora.nonfinite import NonFiniteGuard
@@ -179,10 +179,9 @@ class MultiTaskModule(LightningModule):
 
     def _losses(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         """Training batch: total and per-task losses; also counts the epoch's labelled pixels."""
-        sums = self.criterion.sums(outputs, batch, per_image=False)
-        losses = {t: masked_mean(total, count) for t, (total, count) in sums.items()}
-        # labelled pixels per task this epoch, on the device (read once per epoch)
-        labelled = torch.stack([count for _, count in sums.values()]).float().detach()
+        losses = self.criterion(outputs, batch)
+        # labelled elements per task this epoch, on the device (read once per epoch)
+        labelled = self.criterion.labelled(batch).float()
         self._labelled = labelled if self._labelled is None else self._labelled + labelled
         return self.weighting(losses), losses
 
