@@ -2,7 +2,9 @@
 
 Every loss is a masked mean over the labelled pixels of the whole batch.  The normaliser is a
 tensor clamped at 1, so a batch without a single labelled pixel for a task gives exactly 0
-(the official NLLLoss gives NaN there), and nothing here synchronises with the host.
+(the official NLLLoss gives NaN there), and nothing here synchronises with the host.  The
+``*_sum`` functions return the masked sum and its count instead, which validation adds up over
+a whole data set (:meth:`MultiTaskLoss.sums`).
 """
 
 from __future__ import annotations

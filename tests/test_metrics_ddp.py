@@ -1,7 +1,8 @@
 """Two gloo processes, each with its shard of the data: every rank's compute() equals one process on all of it.
 
 Rank 1's shard ends with a duplicate of image 0, as ``DistributedSampler`` pads it; the duplicate
-is dropped with ``sample_mask``. The shards have different sizes (3 + 2 real images).
+is dropped with ``sample_mask``. The shards have different sizes (3 + 2 real images). The
+data-set losses (:class:`LossMean`) are checked the same way, on unpadded shards of 3 and 2 images.
 """
 
 from __future__ import annotations
