@@ -250,3 +250,18 @@ def test_split_file_with_a_utf8_byte_order_mark(fake):
     dm.setup("fit")
     assert dm.datasets["train"][0]["meta"]["id"] == fake.train[0]
     assert check_data_folder(dm, splits=["train"]).ok
+
+
+def test_opencv_failure_in_the_transform_is_a_named_data_error(fake, monkeypatch):
+    import cv2
+
+    import mtlora.data.transforms as transforms
+
+    def refuse(*args, **kwargs):  # what OpenCV raises past its size limits
+        raise cv2.error("OpenCV(5.0) error: (-215:Assertion failed) src.cols < SHRT_MAX")
+
+    dm = module(fake, tasks=["semseg"])
+    dm.setup("fit")
+    monkeypatch.setattr(transforms.cv2, "warpAffine", refuse)
+    with pytest.raises(DataError, match=rf"sample {fake.train[0]}: error: .*SHRT_MAX"):
+        dm.datasets["train"][0]
