@@ -142,15 +142,19 @@ class MultiTaskModule(LightningModule):
         self._init_weights_pending = init_weights
         self._rng_to_restore: dict | None = None
         self.nonfinite = NonFiniteGuard(self.tasks, max_nonfinite_steps)
+        self._labelled: Tensor | None = None
 
     # ------------------------------------------------------------------ metrics plumbing
     def _build_metrics(self, task_channels: dict[str, int]) -> None:
-        from mtlora.metrics import MultiTaskEvaluator
+        from mtlora.metrics import LossMean, MultiTaskEvaluator
 
+        # data-set losses (sums and counts reduced over ranks): the same on 1 or N devices
+        self.eval_losses = torch.nn.ModuleDict()
         for stage in ("val", "test"):
             self.evaluators[stage] = MultiTaskEvaluator(
                 list(task_channels), task_channels, edge_max_dist=self.hparams.edge_max_dist
             )
+            self.eval_losses[stage] = LossMean(list(task_channels))
 
     def setup(self, stage: str) -> None:
         from mtlora.init_weights import load_init_weights, needs_pretrained_base
@@ -174,9 +178,12 @@ class MultiTaskModule(LightningModule):
         return self.model(image)
 
     def _losses(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Training batch: total and per-task losses; also counts the epoch's labelled pixels."""
         losses = self.criterion(outputs, batch)
-        total = self.weighting(losses)
-        return total, losses
+        # labelled elements per task this epoch, on the device (read once per epoch)
+        labelled = self.criterion.labelled(batch).float()
+        self._labelled = labelled if self._labelled is None else self._labelled + labelled
+        return self.weighting(losses), losses
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         outputs = self.model(batch["image"])
@@ -190,10 +197,7 @@ class MultiTaskModule(LightningModule):
 
     def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
         outputs = self.model(batch["image"])
-        total, losses = self._losses(outputs, batch)
-        bs = batch["image"].shape[0]
-        self.log(f"{stage}/loss", total, batch_size=bs, sync_dist=True)
-        self.log_dict({f"{stage}/{t}/loss": v for t, v in losses.items()}, batch_size=bs, sync_dist=True)
+        self.eval_losses[stage].update(self.criterion.sums(outputs, batch))
         self.evaluators[stage].update(outputs, batch)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -205,12 +209,17 @@ class MultiTaskModule(LightningModule):
     def _eval_epoch_end(self, stage: str) -> None:
         evaluator = self.evaluators[stage]
         results = evaluator.compute()  # collective under DDP: every rank calls it
+        losses = self.eval_losses[stage].compute()  # collective too
+        logged = {f"{stage}/{k}": v for k, v in results.items()}
+        logged.update({f"{stage}/{t}/loss": v for t, v in losses.items()})
+        logged[f"{stage}/loss"] = self.weighting(losses).detach()
         # values are already reduced over ranks by compute(); sync_dist only keeps Lightning quiet
-        self.log_dict({f"{stage}/{k}": v for k, v in results.items()}, sync_dist=True)
+        self.log_dict(logged, sync_dist=True)
         dm = self._delta_m(results)
         if dm is not None:
             self.log(f"{stage}/delta_m", dm, prog_bar=stage == "val", sync_dist=True)
         evaluator.reset()
+        self.eval_losses[stage].reset()
 
     def _delta_m_tasks(self, baseline: str | dict[str, float] | None) -> list[str]:
         """Tasks that enter Δm; fails early when the baseline covers none of them."""
@@ -240,6 +249,27 @@ class MultiTaskModule(LightningModule):
     def on_train_epoch_end(self) -> None:
         self.weighting.end_epoch(lambda t: self.trainer.strategy.reduce(t, reduce_op="mean"))
         self._check_nonfinite()
+        self._warn_unlabelled_tasks()
+
+    def _warn_unlabelled_tasks(self) -> None:
+        """Warn about tasks without one labelled pixel in the epoch: their loss was 0 throughout.
+
+        E.g. human_parts when no training image has a person with parts: the task trains nothing
+        and its validation mIoU is NaN, which is easy to miss in a long run.
+        """
+        labelled, self._labelled = self._labelled, None
+        if labelled is None:  # no batch on this rank; the reduce below is collective
+            labelled = torch.zeros(len(self.tasks), device=self.device)
+        if self.trainer.world_size > 1:
+            labelled = self.trainer.strategy.reduce(labelled, reduce_op="sum")
+        empty = [t for t, n in zip(self.tasks, labelled.tolist()) if n == 0]
+        if empty and self.global_rank == 0:
+            log.warning(
+                "training epoch %d: no labelled pixel for task(s) %s in any batch; their loss was 0 "
+                "and they learned nothing (check the data, e.g. `mtlora data check`)",
+                self.current_epoch,
+                ", ".join(empty),
+            )
 
     # ------------------------------------------------------------------ reliability
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
 
 from mtlora.data import DataError, DataRootNotFoundError, NYUDDataModule
+from mtlora.data.check import check_data_folder
 
 try:
     from fixtures_data import write_fake_nyud
@@ -88,3 +91,24 @@ def test_mis_sized_depth_names_the_file(tmp_path):
     np.save(path, np.ones((3, 3), np.float32))
     with pytest.raises(DataError, match=str(path)):
         NYUDDataModule(str(fake.root), num_workers=0).make_reader("train")(fake.train[0])
+
+
+def test_all_nan_depth_map_is_a_named_skippable_error(tmp_path, caplog):
+    fake = write_fake_nyud(tmp_path / "NYUD_MT", n_train=3)
+    broken = fake.root / "depth" / f"{fake.train[1]}.npy"
+    depth = np.full(fake.size, np.nan, dtype=np.float32)
+    depth[0, :3] = np.inf
+    np.save(broken, depth)
+    options = {"tasks": ["depth"], "batch_size": 2, "num_workers": 0, "img_size": 32}
+    dm = NYUDDataModule(str(fake.root), **options)
+    dm.setup("fit")
+    with pytest.raises(DataError, match=rf"{broken}: depth map has no finite value"):
+        dm.datasets["train"][1]
+    skipping = NYUDDataModule(str(fake.root), skip_broken=True, **options)
+    skipping.setup("fit")
+    with caplog.at_level(logging.WARNING, logger="mtlora.data.datamodule"):
+        assert skipping.datasets["train"][1]["meta"]["id"] == fake.train[2]
+    assert skipping.skipped_count == 1 and str(broken) in caplog.text
+    report = check_data_folder(dm, splits=["train"])
+    assert [(p.path, p.problem) for p in report.problems] == [(str(broken), "unreadable")]
+    assert report.splits["train"].complete == {"depth": 2}

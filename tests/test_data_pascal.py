@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import stat
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from mtlora.data import DataError, DataRootNotFoundError, PascalContextDataModule
+from mtlora.data.check import check_data_folder
 from mtlora.data.pascal_context import human_part_ids, normals_valid_context_ids
 
 try:
@@ -205,14 +207,61 @@ def test_read_only_folder_is_never_written(fake):
     assert os.access(fake.root, os.W_OK)
 
 
-def test_existing_parts_cache_is_used_when_consistent(tmp_path):
+def test_stale_parts_cache_never_switches_human_parts_off(tmp_path):
+    """Training and `data check` both decode the .mat files, whatever an official Parts cache says."""
     fake = write_fake_pascal(tmp_path / "P", n_train=3, n_val=1, parts_cache=True)
-    cat_only = fake.train[1]  # no person according to the cache: its .mat is never opened
-    (fake.root / "human_parts" / f"{cat_only}.mat").write_bytes(b"garbage")
+    person = fake.train[0]
+    cache = fake.root / "ImageSets" / "Parts" / "train.txt"
+    cache.write_text(json.dumps({i: [] for i in fake.train}))  # claims: no person anywhere
+    reader = module(fake, tasks=["human_parts"]).make_reader("train")
+    np.testing.assert_array_equal(reader(person)["human_parts"], fake.parts[person])
+    assert (reader(person)["human_parts"] != 255).any()
+    # `mtlora data check` reads the same file through the same decoder
     dm = module(fake, tasks=["human_parts"])
-    reader = dm.make_reader("train")
-    assert np.all(reader(cat_only)["human_parts"] == 255)
-    np.testing.assert_array_equal(reader(fake.train[0])["human_parts"], fake.parts[fake.train[0]])
-    (fake.root / "ImageSets" / "Parts" / "train.txt").write_text("{}")  # does not cover the split
-    with pytest.raises(DataError, match=cat_only):
-        dm.make_reader("train")(cat_only)
+    (spec,) = [f for f in dm.sample_files(person) if f.kind == "human_parts"]
+    np.testing.assert_array_equal(spec.read(spec.path), reader(person)["human_parts"])
+    assert check_data_folder(dm, splits=["train"]).ok
+
+
+def test_image_over_the_decompression_bomb_limit_is_a_skippable_data_error(fake, monkeypatch, caplog):
+    from PIL import Image
+
+    dm = module(fake, tasks=["semseg"])
+    dm.setup("fit")
+    big = fake.root / "JPEGImages" / f"{fake.train[1]}.jpg"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(big)  # 1600 px, the others 768
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 780)  # PIL refuses above 2x this limit
+    with pytest.raises(DataError, match=rf"{big}: image too large to decode"):
+        dm.datasets["train"][1]
+    skipping = module(fake, tasks=["semseg"], skip_broken=True)
+    skipping.setup("fit")
+    with caplog.at_level(logging.WARNING, logger="mtlora.data.datamodule"):
+        assert skipping.datasets["train"][1]["meta"]["id"] == fake.train[2]
+    assert skipping.skipped_count == 1 and "too large" in caplog.text
+    problems = check_data_folder(module(fake, tasks=["semseg"]), splits=["train"]).problems
+    assert [(p.sample_id, p.kind, p.problem) for p in problems] == [(fake.train[1], "image", "unreadable")]
+
+
+def test_split_file_with_a_utf8_byte_order_mark(fake):
+    split = fake.root / "ImageSets" / "Context" / "train.txt"
+    split.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(fake.train).encode() + b"\r\n")
+    dm = module(fake, tasks=["semseg"])
+    assert dm.split_ids("train") == fake.train
+    dm.setup("fit")
+    assert dm.datasets["train"][0]["meta"]["id"] == fake.train[0]
+    assert check_data_folder(dm, splits=["train"]).ok
+
+
+def test_opencv_failure_in_the_transform_is_a_named_data_error(fake, monkeypatch):
+    import cv2
+
+    import mtlora.data.transforms as transforms
+
+    def refuse(*args, **kwargs):  # what OpenCV raises past its size limits
+        raise cv2.error("OpenCV(5.0) error: (-215:Assertion failed) src.cols < SHRT_MAX")
+
+    dm = module(fake, tasks=["semseg"])
+    dm.setup("fit")
+    monkeypatch.setattr(transforms.cv2, "warpAffine", refuse)
+    with pytest.raises(DataError, match=rf"sample {fake.train[0]}: error: .*SHRT_MAX"):
+        dm.datasets["train"][0]

@@ -58,3 +58,48 @@ def test_multitask_loss_weights_and_unknown_weight_names():
     }
     with pytest.raises(ValueError, match="not trained"):
         MultiTaskLoss(["semseg"], {"sal": 1.0})
+
+
+def test_loss_sums_give_the_data_set_loss_whatever_the_batching():
+    """Validation losses: sums and counts over batches equal one batch of everything, per task."""
+    gen = torch.Generator().manual_seed(0)
+    tasks = ["semseg", "sal", "edge", "normals", "depth"]
+    outputs = {
+        "semseg": torch.randn(5, 4, 6, 6, generator=gen),
+        "sal": torch.randn(5, 1, 6, 6, generator=gen),
+        "edge": torch.randn(5, 1, 6, 6, generator=gen),
+        "normals": torch.randn(5, 3, 6, 6, generator=gen),
+        "depth": torch.rand(5, 1, 6, 6, generator=gen),
+    }
+    semseg = torch.randint(0, 4, (5, 6, 6), generator=gen)
+    semseg[0] = 255  # an image without labels
+    semseg[1, :3] = 255
+    batch = {
+        "semseg": semseg,
+        "sal": (torch.rand(5, 1, 6, 6, generator=gen) < torch.linspace(0.1, 0.9, 5).view(5, 1, 1, 1)).float(),
+        "edge": (torch.rand(5, 1, 6, 6, generator=gen) < 0.2).float(),
+        "normals": torch.nn.functional.normalize(torch.randn(5, 3, 6, 6, generator=gen), dim=1),
+        "depth": torch.rand(5, 1, 6, 6, generator=gen),
+    }
+    crit = MultiTaskLoss(tasks)
+
+    def accumulate(groups):
+        totals = dict.fromkeys(tasks, 0.0)
+        counts = dict.fromkeys(tasks, 0.0)
+        for index in groups:
+            sums = crit.sums(
+                {k: v[index] for k, v in outputs.items()}, {k: v[index] for k, v in batch.items()}
+            )
+            for t in tasks:
+                totals[t] += sums[t][0].item()
+                counts[t] += sums[t][1].item()
+        return {t: totals[t] / counts[t] for t in tasks}
+
+    whole = accumulate([[0, 1, 2, 3, 4]])
+    split = accumulate([[0, 3], [1], [4, 2]])
+    assert split == pytest.approx(whole, rel=1e-6)
+    # fixed-weight losses are the batch loss of one batch of everything; saliency weights each image
+    full = crit(outputs, batch)
+    for t in ("semseg", "edge", "normals", "depth"):
+        assert whole[t] == pytest.approx(full[t].item(), rel=1e-6)
+    assert whole["sal"] != pytest.approx(full["sal"].item(), rel=1e-3)

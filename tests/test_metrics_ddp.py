@@ -1,7 +1,8 @@
 """Two gloo processes, each with its shard of the data: every rank's compute() equals one process on all of it.
 
 Rank 1's shard ends with a duplicate of image 0, as ``DistributedSampler`` pads it; the duplicate
-is dropped with ``sample_mask``. The shards have different sizes (3 + 2 real images).
+is dropped with ``sample_mask``. The shards have different sizes (3 + 2 real images). The
+data-set losses (:class:`LossMean`) are checked the same way, on unpadded shards of 3 and 2 images.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mtlora.metrics import MultiTaskEvaluator
+from mtlora.losses import MultiTaskLoss
+from mtlora.metrics import LossMean, MultiTaskEvaluator
 
 TASKS = ["semseg", "human_parts", "sal", "normals", "depth", "edge"]
 NUM_IMAGES, SIZE = 5, 12
@@ -77,6 +79,10 @@ def worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
             ev.update(take(outputs, [3, 4, 0]), take(batch, [3, 4, 0]), sample_mask=mask)
         results = ev.compute()
         results["semseg/per_class"] = ev.per_class_iou("semseg")
+        losses = LossMean(TASKS)  # uneven shards without padding: 3 images in 2 batches, 2 in 1
+        for index in ([0, 1], [2]) if rank == 0 else ([3, 4],):
+            losses.update(MultiTaskLoss(TASKS).sums(take(outputs, index), take(batch, index)))
+        results.update({f"{t}/data_set_loss": v for t, v in losses.compute().items()})
         ev.update(take(outputs, [0]), take(batch, [0]))  # local state stays usable after compute
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -98,6 +104,9 @@ def test_two_process_gloo_equals_single_process(tmp_path):
     single.update(outputs, batch)
     expected = single.compute()
     expected["semseg/per_class"] = single.per_class_iou("semseg")
+    losses = LossMean(TASKS)
+    losses.update(MultiTaskLoss(TASKS).sums(outputs, batch))
+    expected.update({f"{t}/data_set_loss": v for t, v in losses.compute().items()})
     assert all(math.isfinite(v.sum().item()) for v in expected.values())
 
     for rank in range(2):

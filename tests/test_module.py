@@ -83,3 +83,40 @@ def test_hparams_are_plain_types():
     torch.testing.assert_close(
         sum(p.numel() for p in restored.parameters()), sum(p.numel() for p in module.parameters())
     )
+
+
+def test_task_without_labelled_pixel_in_an_epoch_is_warned_about(tmp_path, caplog):
+    """human_parts on a PASCAL split without any person part: loss 0 all epoch, named in a warning."""
+    import logging
+
+    from mtlora.data import PascalContextDataModule
+
+    from fixtures_data import write_fake_pascal
+
+    fake = write_fake_pascal(tmp_path / "PASCAL_MT", n_train=3, n_val=1)
+    split = fake.root / "ImageSets" / "Context" / "train.txt"
+
+    def warnings_of_one_epoch(ids: list[str]) -> list[str]:
+        split.write_text("\n".join(ids) + "\n")
+        data = PascalContextDataModule(
+            str(fake.root), tasks=list(PASCAL_CHANNELS), batch_size=2, num_workers=0, img_size=64
+        )
+        trainer = Trainer(
+            max_epochs=1,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            default_root_dir=tmp_path,
+        )
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="mtlora.module"):
+            trainer.fit(make_module(lr_reference_batch=None), datamodule=data)
+        return [r.getMessage() for r in caplog.records if "no labelled pixel" in r.getMessage()]
+
+    # fixture kinds: index 0 has a person with parts, 1 only a cat, 2 a person without parts
+    (warning,) = warnings_of_one_epoch(fake.train[1:])
+    assert "training epoch 0" in warning and "human_parts" in warning and "semseg" not in warning
+    assert warnings_of_one_epoch(fake.train) == []

@@ -33,6 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -164,8 +165,9 @@ class MultiTaskDataset(Dataset):
         height, width = decoded["image"].shape[:2]
         try:
             sample: dict[str, Any] = self.transform(decoded)
-        except (ValueError, KeyError) as err:  # albumentations shape checks and missing keys
-            raise DataError(f"{self.name}: sample {sample_id}: {err}") from err
+        # albumentations shape checks, missing keys, OpenCV size limits (e.g. warps beyond 32767 px)
+        except (ValueError, KeyError, cv2.error) as err:
+            raise DataError(f"{self.name}: sample {sample_id}: {type(err).__name__}: {err}") from err
         sample["meta"] = {"id": sample_id, "size": (int(height), int(width))}
         return sample
 

@@ -62,9 +62,13 @@ def _fail(path: Path, what: str, err: BaseException | None = None) -> DataError:
 
 
 def read_ids(path: Path) -> list[str]:
-    """Read a split file (one sample id per line; blank lines ignored)."""
+    """Read a split file (one sample id per line; blank lines ignored).
+
+    UTF-8 with or without a byte-order mark (editors on Windows add one, which would otherwise
+    become part of the first id and make its files "missing").
+    """
     try:
-        lines = Path(path).read_text().splitlines()
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError as err:
         raise DataError(f"split file {path} does not exist") from err
     except (OSError, UnicodeDecodeError) as err:
@@ -81,6 +85,11 @@ def _open_image(path: Path) -> Image.Image:
         image.load()  # decode now: a truncated file fails here, not later
     except FileNotFoundError as err:
         raise DataError(f"{path}: file does not exist") from err
+    except Image.DecompressionBombError as err:  # not an OSError: would escape skip_broken
+        raise DataError(
+            f"{path}: image too large to decode: {err} (a corrupt header, or raise "
+            "PIL.Image.MAX_IMAGE_PIXELS in your script if the image is genuine)"
+        ) from err
     except (OSError, ValueError, SyntaxError) as err:
         raise _fail(path, "cannot decode image", err) from err
     return image

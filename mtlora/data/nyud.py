@@ -117,7 +117,10 @@ class NYUDReader:
             depth = depth[..., 0]
         if depth.ndim != 2:
             raise DataError(f"{path}: depth must be H x W, got shape {depth.shape}")
-        return depth.astype(np.float32)
+        depth = depth.astype(np.float32)
+        if depth.size and not np.isfinite(depth).any():  # NaN/inf would silently be "no label"
+            raise DataError(f"{path}: depth map has no finite value (all NaN/inf)")
+        return depth
 
     def read_normals(self, path: Path) -> np.ndarray:
         if self.layout == "NYUDv2":

@@ -13,14 +13,16 @@ Reads the folder exactly as the archive extracts (see ``/work/shared/spec/datase
       pascal-context/trainval/<id>.mat (LabelMap, 459 context classes: edges + normals mask)
 
 The folder is only read, never written.  The official loader writes a per-image category
-cache into ``ImageSets/Parts/<split>.txt``; here an existing cache is used when it covers the
-split (to skip opening the .mat files of images without persons), otherwise every
-``human_parts`` file is decoded directly, which gives the same labels.
+cache into ``ImageSets/Parts/<split>.txt`` and skips the .mat files of images it lists without a
+person; here that cache is never read: a stale or hand-edited cache would silently switch the
+task off for images that do have part labels, while ``mtlora data check`` (which decodes the
+files) reports them fine.  Every ``human_parts`` file is decoded by :func:`decode_human_parts`,
+the one place that decides whether an image has part labels; a .mat file without a person
+decodes in under a millisecond, a small fraction of a sample's decoding time.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -175,14 +177,11 @@ class PascalContextReader:
     Args:
         root: the PASCAL_MT folder.
         tasks: tasks to decode (only their files are opened).
-        person_ids: ids known to contain a person (from an existing Parts cache), or None to
-            decode every human_parts file.
     """
 
-    def __init__(self, root: Path, tasks: list[str], person_ids: frozenset[str] | None = None) -> None:
+    def __init__(self, root: Path, tasks: list[str]) -> None:
         self.root = Path(root)
         self.tasks = list(tasks)
-        self.person_ids = person_ids
         self.part_ids = human_part_ids() if "human_parts" in tasks else {}
         self.valid_normals = np.asarray(sorted(normals_valid_context_ids())) if "normals" in tasks else None
 
@@ -237,10 +236,7 @@ class PascalContextReader:
             require_same_size(semseg, shape, path, image_path)
             sample["semseg"] = semseg
         if "human_parts" in self.tasks:
-            if self.person_ids is not None and sample_id not in self.person_ids:
-                sample["human_parts"] = np.full(shape, IGNORE_INDEX, dtype=np.uint8)
-            else:
-                sample["human_parts"] = decode_human_parts(self.parts_path(sample_id), shape, self.part_ids)
+            sample["human_parts"] = decode_human_parts(self.parts_path(sample_id), shape, self.part_ids)
         if "sal" in self.tasks:
             path = self.sal_path(sample_id)
             sal = read_gray01(path)
@@ -260,22 +256,6 @@ class PascalContextReader:
             if "edge" in self.tasks:
                 sample["edge"] = edges_from_label_map(label_map)
         return sample
-
-
-def _read_parts_cache(root: Path, split: str, ids: list[str]) -> frozenset[str] | None:
-    """Ids with a person from an existing ``ImageSets/Parts/<split>.txt`` that covers ``ids``."""
-    path = root / "ImageSets" / "Parts" / f"{split}.txt"
-    if not path.is_file():
-        return None
-    try:
-        cache = json.loads(path.read_text())
-        if not isinstance(cache, dict) or not set(ids) <= set(cache):
-            log.info("%s does not cover the %s split; decoding every human_parts file", path, split)
-            return None
-        return frozenset(i for i in ids if PERSON_CLASS in cache[i])
-    except (OSError, ValueError, TypeError) as err:
-        log.warning("ignoring unreadable parts cache %s (%s)", path, err)
-        return None
 
 
 class PascalContextDataModule(MultiTaskDataModule):
@@ -347,10 +327,7 @@ class PascalContextDataModule(MultiTaskDataModule):
         return read_ids(self.root / "ImageSets" / "Context" / f"{split}.txt")
 
     def make_reader(self, split: str) -> Reader:
-        person_ids = None
-        if "human_parts" in self.tasks:
-            person_ids = _read_parts_cache(self.root, split, self.split_ids(split))
-        return PascalContextReader(self.root, self.tasks, person_ids)
+        return PascalContextReader(self.root, self.tasks)
 
     def setup(self, stage: str | None = None) -> None:
         self.check_root()

@@ -23,6 +23,7 @@ from mtlora.metrics.delta_m import (
 )
 from mtlora.metrics.depth import DepthMetric
 from mtlora.metrics.edge import EdgeMetric
+from mtlora.metrics.loss import LossMean
 from mtlora.metrics.normals import NormalsMetric
 from mtlora.metrics.saliency import SaliencyMetric
 from mtlora.metrics.segmentation import SegmentationMetric
@@ -34,6 +35,7 @@ __all__ = [
     "SINGLE_TASK_BASELINES",
     "DepthMetric",
     "EdgeMetric",
+    "LossMean",
     "MultiTaskEvaluator",
     "NormalsMetric",
     "SaliencyMetric",
