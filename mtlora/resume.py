@@ -175,7 +175,8 @@ class ResumeCheckpoint(Callback):
         if step == self._saved_step or trainer.sanity_checking or trainer.fast_dev_run:
             return
         due = bool(self.every_n_steps) and step % self.every_n_steps == 0
-        if self.every_minutes is not None:
+        # under DDP the clock is read on rank 0's terms (a collective), so only every 16th step
+        if self.every_minutes is not None and (trainer.world_size == 1 or step % 16 == 0):
             late = time.monotonic() - self._saved_at >= 60 * self.every_minutes
             due = due or bool(trainer.strategy.broadcast(late))  # every rank saves, or none
         if due:

@@ -76,7 +76,9 @@ def test_ddp_metrics_equal_single_process(tmp_path):
                 run_cli([stage, *common, *extra])
             else:
                 cli_subprocess([stage, *common, *extra, "--trainer.strategy", "ddp"], cwd=tmp_path)
-            results[devices] = json.loads(next(out.rglob(f"{name}_results.json")).read_text())["metrics"]
+            # a checkpoint of a run is evaluated inside that run
+            evaluated = Path(cli.trainer.log_dir) / f"{stage}-{ckpt.stem}" / f"{name}_results.json"
+            results[devices] = json.loads(evaluated.read_text())["metrics"]
         metric_keys = [
             k for k in results[1] if not k.endswith("/loss")
         ]  # batch-mean losses depend on batching

@@ -177,6 +177,12 @@ def test_resume_keeps_best_model_tracking_and_warns_about_changed_options(tmp_pa
     assert float(after.best_model_score) == score and after.best_model_path == path
     assert resumed.trainer.global_step == first.trainer.global_step  # max_epochs 1 was already reached
 
+    older = run / "checkpoints/older.ckpt"  # not the run's newest checkpoint: a new run starts from it
+    older.write_bytes((run / "checkpoints/last.ckpt").read_bytes())
+    os.utime(older, ns=(1, 1))
+    branched = _fit(tmp_path, "--ckpt_path", str(older))
+    assert Path(branched.trainer.log_dir) == run.parent / "version_1"
+
 
 def test_evaluation_goes_into_the_run_it_evaluates_and_report_sees_one_run(tmp_path):
     from mtlora.report.runs import find_csv_runs, read_csv_run
