@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -23,14 +24,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers.csv_logs import CSVLogger, ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from mtlora.checkpointing import _flat
+from mtlora.checkpointing import _flat, load_lightning_checkpoint
 from mtlora.models.checkpoints.serialization import CheckpointError, _check_zip, _sniff
 
 log = logging.getLogger(__name__)
@@ -259,8 +260,8 @@ class _ContinuingWriter(ExperimentWriter):
     def _check_log_dir_exists(self) -> None:
         if self._fs.isfile(self.metrics_file_path):
             with self._fs.open(self.metrics_file_path, "r") as f:
-                header = f.readline().strip()
-            self.metrics_keys = sorted(k for k in header.split(",") if k)
+                header = next(csv.reader(f), [])
+            self.metrics_keys = sorted(k for k in header if k)
 
 
 def _logger_into(logger: Any, run: Path, sub: str | None = None) -> bool:
@@ -322,14 +323,15 @@ def prepare_resume(
     path = Path(ckpt)
     run = _run_folder(path)
     if subcommand == "fit":
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=_sniff(path) == "zip")
+        weights_only = run_config.get("weights_only") is not False
+        checkpoint = load_lightning_checkpoint(path, map_location="cpu", weights_only=weights_only)
         warn_config_drift(str(path), now, checkpoint, dict(getattr(model, "hparams", {}) or {}))
         # the newest checkpoint of its run continues that run; an older one starts a new run from it
         newest = run is not None and find_resume_checkpoint([path.parent]) == path
         if newest and any([_logger_into(lg, run) for lg in trainer.loggers]):
             log.info("resuming %s in its run folder %s", path, run)
             for cb in trainer.callbacks:  # keep the run's config.yaml; the resumed command's goes next to it
-                if type(cb).__name__ == "SaveConfigCallback" and cb.config_filename == "config.yaml":
+                if isinstance(cb, SaveConfigCallback) and cb.config_filename == "config.yaml":
                     cb.config_filename = "config_resumed.yaml"
     elif run is not None:
         sub = f"{subcommand}-{path.stem}"

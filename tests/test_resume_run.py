@@ -14,7 +14,14 @@ from test_resume import CONFIG, finish, start_fit
 
 from mtlora.cli import run_cli
 from mtlora.models.checkpoints import CheckpointError
-from mtlora.resume import CONFIG_KEY, ResumeCheckpoint, find_resume_checkpoint, remove_orphaned_temp_files
+from mtlora.resume import (
+    CONFIG_KEY,
+    ResumeCheckpoint,
+    config_drift,
+    find_resume_checkpoint,
+    remove_orphaned_temp_files,
+    warn_config_drift,
+)
 
 # validation only after epoch 1 (as the paper recipe's every-5-epochs), a monitored ModelCheckpoint
 # that therefore writes nothing in epoch 0, and a resume checkpoint every 2 steps
@@ -201,3 +208,13 @@ def test_evaluation_goes_into_the_run_it_evaluates_and_report_sees_one_run(tmp_p
 
     assert find_csv_runs([tmp_path / "runs"]) == [run]  # the evaluation folder is part of the run
     assert read_csv_run(run, run, None).name == "version_0"  # a run folder given directly keeps its name
+
+
+def test_config_drift_lists_changed_options_and_ignores_logging():
+    stored = {"data.init_args.batch_size": 32, "trainer.max_epochs": 300, "model.lr": 1e-3}
+    now = {**stored, "data.init_args.batch_size": 16, "trainer.logger.init_args.save_dir": "elsewhere"}
+    assert config_drift(now, stored) == ["data.init_args.batch_size: checkpoint 32, now 16"]
+    # a checkpoint written without the CLI's config: its model hyper-parameters are compared
+    checkpoint = {"hyper_parameters": {"lr": 1e-3, "batch_size": 32, "_instantiator": "x"}}
+    with pytest.warns(UserWarning, match=r"(?s)learning-rate scaling.*batch_size: checkpoint 32, now 8"):
+        warn_config_drift("x.ckpt", {}, checkpoint, {"lr": 1e-3, "batch_size": 8})
