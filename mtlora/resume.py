@@ -308,13 +308,14 @@ def prepare_resume(
     now["trainer.world_size"] = trainer.world_size
     if subcommand == "fit":
         resume = next((cb for cb in trainer.callbacks if isinstance(cb, ResumeCheckpoint)), None)
-        if resume is None:
+        if resume is None and trainer.checkpoint_callbacks:  # none: enable_checkpointing=false
             resume = ResumeCheckpoint()
             first_ckpt = next(
                 (i for i, cb in enumerate(trainer.callbacks) if isinstance(cb, ModelCheckpoint)), None
             )
             trainer.callbacks.insert(len(trainer.callbacks) if first_ckpt is None else first_ckpt, resume)
-        resume.run_config = now
+        if resume is not None:
+            resume.run_config = now
     ckpt = run_config.get("ckpt_path")
     if ckpt == "last" and subcommand == "fit":
         ckpt = run_config["ckpt_path"] = _resolve_last(trainer)

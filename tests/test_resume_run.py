@@ -218,3 +218,17 @@ def test_config_drift_lists_changed_options_and_ignores_logging():
     checkpoint = {"hyper_parameters": {"lr": 1e-3, "batch_size": 32, "_instantiator": "x"}}
     with pytest.warns(UserWarning, match=r"(?s)learning-rate scaling.*batch_size: checkpoint 32, now 8"):
         warn_config_drift("x.ckpt", {}, checkpoint, {"lr": 1e-3, "batch_size": 8})
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_every_fit_gets_a_resume_checkpoint_unless_checkpointing_is_off(tmp_path, checkpointing):
+    args = [*QUICK[:-2], "--trainer.enable_checkpointing", str(checkpointing).lower()]
+    args = [a for a in args if "ModelCheckpoint" not in a]
+    cli = run_cli(["fit", *args, "--trainer.logger.init_args.save_dir", str(tmp_path)])
+    resume = [cb for cb in cli.trainer.callbacks if isinstance(cb, ResumeCheckpoint)]
+    last = Path(cli.trainer.log_dir) / "checkpoints/last.ckpt"
+    if checkpointing:  # Lightning's default ModelCheckpoint keeps no last.ckpt: the epoch-end save does
+        assert [r.every_minutes for r in resume] == [5.0] and last.exists()
+        assert torch.load(last, weights_only=True)["global_step"] == 2
+    else:
+        assert not resume and not last.parent.exists()
