@@ -76,6 +76,8 @@ class ResultsWriter(Callback):
 
     def __init__(self) -> None:
         self.last: dict[str, dict[str, float]] = {}
+        #: the results file written last (None before one is written)
+        self.results_path: Path | None = None
 
     def _collect(self, trainer: Trainer, stage: str) -> dict[str, float]:
         return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{stage}/")}
@@ -112,5 +114,6 @@ class ResultsWriter(Callback):
         if ckpt:
             payload["ckpt_path"] = str(ckpt)
         payload.update(model_facts(trainer.lightning_module))
-        write_json_atomic(log_dir / f"{stage}_results.json", payload)
-        log.info("wrote %s", log_dir / f"{stage}_results.json")
+        self.results_path = log_dir / f"{stage}_results.json"
+        write_json_atomic(self.results_path, payload)
+        log.info("wrote %s", self.results_path)

@@ -12,7 +12,6 @@
   and drop-path masks as an uninterrupted one and the checkpoint stays weights-only loadable.
 * :func:`check_checkpoint_fits`: a Lightning checkpoint of another architecture is reported as a
   list of differing options and tensor shapes instead of torch's size-mismatch dump.
-* :func:`find_last_checkpoint`: ``--ckpt_path last`` also looks in earlier logger versions.
 * :func:`checkpoint_hparams_for_cli`: LightningCLI's reading of ``--ckpt_path`` hyper-parameters,
   made safe and explicit about the config options the checkpoint replaces.
 * :func:`warn_epoch_end_resume_with_max_steps`: a Lightning loop quirk that would skip an epoch.
@@ -275,44 +274,11 @@ def check_checkpoint_fits(
 
 
 # ---------------------------------------------------------------------------------------------- resume
-def find_last_checkpoint(log_root: str | os.PathLike) -> Path | None:
-    """Newest ``version_*/checkpoints/last*.ckpt`` under a logger's root folder, or None.
-
-    Each ``mtlora fit`` starts a new logger version, so Lightning's own ``ckpt_path="last"``
-    (which only looks in the new version's folder) would silently start from scratch.
-    """
-    candidates = [p for p in Path(log_root).glob("*/checkpoints/last*.ckpt") if p.is_file()]
-    return max(candidates, key=lambda p: p.stat().st_mtime_ns) if candidates else None
-
-
 def prepare_trainer(trainer: Any, subcommand: str, run_config: Any) -> None:
-    """CLI set-up: :class:`AtomicCheckpointIO`, and ``fit --ckpt_path last`` across logger versions.
-
-    Args:
-        trainer: the instantiated Trainer.
-        subcommand: ``fit``, ``validate``, ...
-        run_config: the subcommand's instantiated config (``ckpt_path`` is rewritten in place
-            when an earlier version's ``last.ckpt`` is found).
-    """
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
+    """CLI set-up: :class:`AtomicCheckpointIO` (``--ckpt_path`` is handled by :mod:`mtlora.resume`)."""
     strategy = trainer.strategy
     if type(strategy.checkpoint_io) is TorchCheckpointIO:  # keep user-configured CheckpointIO plugins
         strategy.checkpoint_io = AtomicCheckpointIO()
-    if subcommand != "fit" or run_config is None or run_config.get("ckpt_path") != "last":
-        return
-    callbacks = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
-    root = getattr(trainer.logger, "root_dir", None)
-    if not callbacks or any(cb.dirpath for cb in callbacks) or root is None:
-        return  # fixed checkpoint folders: Lightning's own "last" lookup finds them
-    found = find_last_checkpoint(root)
-    if found is None:
-        log.warning(
-            "--ckpt_path last: no last*.ckpt under %s/*/checkpoints: training starts from scratch", root
-        )
-        return
-    log.info("--ckpt_path last: resuming from %s (logs go to a new version folder)", found)
-    run_config["ckpt_path"] = str(found)
 
 
 def warn_epoch_end_resume_with_max_steps(trainer: Any) -> None:

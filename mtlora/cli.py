@@ -18,6 +18,7 @@ from mtlora.callbacks import ResultsWriter
 from mtlora.checkpointing import checkpoint_hparams_for_cli, prepare_trainer
 from mtlora.data import MultiTaskDataModule
 from mtlora.module import MultiTaskModule
+from mtlora.resume import prepare_resume
 from mtlora.trainer import MTLoRATrainer
 
 EXTRA_SUBCOMMANDS: dict[str, set[str]] = {
@@ -78,8 +79,16 @@ class MTLoRACLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any):
         trainer = super().instantiate_trainer(**kwargs)
-        # atomic checkpoint writes, weights-only loads, `fit --ckpt_path last` across logger versions
+        # atomic checkpoint writes, weights-only loads
         prepare_trainer(trainer, self.subcommand, self.config_init.get(self.subcommand))
+        # a recent last.ckpt at all times, `--ckpt_path last`, one folder per run, config drift
+        prepare_resume(
+            trainer,
+            self.subcommand,
+            self.config_init.get(self.subcommand),
+            self.config.get(self.subcommand),
+            self.model,
+        )
         if self.subcommand in ("fit", "validate", "test"):
             trainer.callbacks.append(ResultsWriter())
             from mtlora.wandb_callback import prepare_wandb  # no-op unless a WandbLogger is configured

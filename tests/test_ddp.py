@@ -78,7 +78,9 @@ def test_ddp_metrics_equal_single_process(tmp_path):
                 run_cli([stage, *common, *extra])
             else:
                 cli_subprocess([stage, *common, *extra, "--trainer.strategy", "ddp"], cwd=tmp_path)
-            results[devices] = json.loads(next(out.rglob(f"{name}_results.json")).read_text())["metrics"]
+            # a checkpoint of a run is evaluated inside that run
+            evaluated = Path(cli.trainer.log_dir) / f"{stage}-{ckpt.stem}" / f"{name}_results.json"
+            results[devices] = json.loads(evaluated.read_text())["metrics"]
         # every logged number, losses included (summed with their counts over ranks, not
         # averaged per rank), equals the 1-process value
         assert {f"{name}/loss", f"{name}/sal/loss", f"{name}/delta_m"} <= set(results[1])

@@ -95,7 +95,11 @@ def make_row(
 
 # ----------------------------------------------------------------------------- CSV log folders
 def find_csv_runs(roots: Iterable[str | Path]) -> list[Path]:
-    """Every folder under ``roots`` holding a Lightning ``metrics.csv``."""
+    """Every run folder under ``roots``: a folder holding a Lightning ``metrics.csv``.
+
+    A ``metrics.csv`` inside another run folder belongs to that run (``mtlora validate``/``test``
+    of a run's checkpoint log into ``<run>/<command>-<checkpoint>/``) and is not a run of its own.
+    """
     found: list[Path] = []
     for root in roots:
         root = Path(root)
@@ -103,7 +107,8 @@ def find_csv_runs(roots: Iterable[str | Path]) -> list[Path]:
             raise ReportError(
                 f"--runs: {root} does not exist (expected CSV log folders: <dir>/<name>/version_k)"
             )
-        found += sorted(p.parent for p in root.rglob("metrics.csv"))
+        folders = sorted(p.parent for p in root.rglob("metrics.csv"))
+        found += [f for f in folders if not any(o != f and f.is_relative_to(o) for o in folders)]
     return found
 
 
@@ -162,6 +167,8 @@ def read_csv_run(folder: Path, root: Path | None, baseline: str | Mapping[str, f
     if trainable is None and "task_channels" in hparams:
         trainable = _params_from_hparams(hparams)
     name = str(folder.relative_to(root)) if root is not None and folder.is_relative_to(root) else str(folder)
+    if name == ".":  # the run folder itself was given: its name, not "."
+        name = folder.resolve().name
     return make_row(name, f"csv:{folder}", method, list(tasks), records, trainable, baseline)
 
 
