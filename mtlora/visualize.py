@@ -125,10 +125,11 @@ def decode_target(task: str, target: Tensor) -> np.ndarray:
 def colour_range(task: str, *values: np.ndarray) -> tuple[float, float]:
     """Value range of a colour scale shared by all ``values`` (prediction and ground truth).
 
-    Probabilities always span 0..1; depth spans the valid values of every map, so equal colours
-    mean equal depth in the prediction and its ground truth.
+    Depth spans the valid values of every map, so equal colours mean equal depth in the
+    prediction and its ground truth; probabilities (and the unused scales of class ids and
+    normals) span 0..1.
     """
-    if task_info(task).kind == "binary":
+    if task_info(task).kind != "depth":
         return 0.0, 1.0
     valid = [v[v != IGNORE_INDEX] for v in values]
     valid = [v[np.isfinite(v)] for v in valid if v.size]
