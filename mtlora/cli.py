@@ -64,9 +64,22 @@ class MTLoRACLI(LightningCLI):
         )
         if not hparams:
             return
+        data = run.get("data")
+        if subcommand == "predict" and data is not None and data.get("init_args") is not None:
+            fill_data_options_from_checkpoint(data.init_args, hparams)
         if "_class_path" in hparams:
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+
+    def _prepare_subcommand_parser(
+        self, klass: type, subcommand: str, **kwargs: Any
+    ) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":  # --output.dir / .panels / .maps / .max_images
+            from mtlora.predict_writer import PredictionPanelWriter
+
+            parser.add_class_arguments(PredictionPanelWriter, "output")
+        return parser
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
@@ -97,10 +110,23 @@ class MTLoRACLI(LightningCLI):
         if self.subcommand == "predict" and not any(
             isinstance(c, BasePredictionWriter) for c in trainer.callbacks
         ):
-            from mtlora.predict_writer import PredictionPanelWriter
-
-            trainer.callbacks.append(PredictionPanelWriter())
+            trainer.callbacks.append(self.config_init["predict"]["output"])
         return trainer
+
+
+def fill_data_options_from_checkpoint(data_args: Any, hparams: dict[str, Any]) -> None:
+    """Data options left unset (None: ``ImageFolderDataModule``'s tasks, class count, input size)
+    take the checkpoint's values, so predicting on a folder needs only the checkpoint."""
+    channels = hparams.get("task_channels") or {}
+    encoder = hparams.get("encoder") or {}
+    known = {
+        "tasks": list(channels) or None,
+        "semseg_classes": channels.get("semseg"),
+        "img_size": encoder.get("img_size") if isinstance(encoder, dict) else None,
+    }
+    for key, value in known.items():
+        if key in data_args and data_args[key] is None and value is not None:
+            data_args[key] = value
 
 
 def run_cli(args: list[str] | None = None) -> MTLoRACLI | None:

@@ -125,6 +125,14 @@ def generate() -> str:
             "",
             *class_options(cls, skip=own),
         ]
+    from mtlora.predict_writer import PredictionPanelWriter
+
+    parts += [
+        "",
+        "## `output` (`mtlora predict` only; `mtlora.predict_writer.PredictionPanelWriter`)",
+        "",
+        *class_options(PredictionPanelWriter),
+    ]
     return "\n".join(parts) + "\n"
 
 

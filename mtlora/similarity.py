@@ -24,12 +24,17 @@ import itertools
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from mtlora.losses import MultiTaskLoss
 from mtlora.models.model import MultiTaskModel
+
+if TYPE_CHECKING:
+    from mtlora.visualize import InlineFigure
 
 
 @dataclass
@@ -135,15 +140,17 @@ def group_tasks(result: SimilarityResult, groups_per_stage: list[int]) -> list:
     return out
 
 
-def plot_heatmaps(result: SimilarityResult, path: str) -> None:
-    """One heat map per stage, annotated with the cosine values."""
-    import matplotlib
+def plot_heatmaps(result: SimilarityResult, path: str | None = None) -> InlineFigure:
+    """One heat map per stage, annotated with the cosine values; saved to ``path`` when given.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Returns the figure (an :class:`~mtlora.visualize.InlineFigure`, shown inline in Jupyter).
+    Drawn with matplotlib's object API: no backend switch, no pyplot state.
+    """
+    from mtlora.visualize import InlineFigure
 
     n = len(result.matrices)
-    fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.4), squeeze=False)
+    fig = InlineFigure(figsize=(3.4 * n, 3.4), layout="tight")
+    axes = fig.subplots(1, n, squeeze=False)
     for i, (ax, m) in enumerate(zip(axes[0], result.matrices)):
         ax.imshow(m.numpy(), vmin=-1, vmax=1, cmap="RdBu_r")
         ax.set_title(f"stage {i}")
@@ -152,6 +159,8 @@ def plot_heatmaps(result: SimilarityResult, path: str) -> None:
         for r, c in itertools.product(range(m.shape[0]), range(m.shape[1])):
             ax.text(c, r, f"{float(m[r, c]):.2f}", ha="center", va="center", fontsize=6)
     fig.suptitle(f"task gradient cosine similarity ({result.batches} batches)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    if path is not None:
+        from mtlora.report.render import write_atomic
+
+        write_atomic(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    return fig

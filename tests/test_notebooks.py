@@ -1,6 +1,8 @@
-"""The notebooks run top to bottom on CPU (synthetic data) and are stored without outputs."""
+"""The notebooks run top to bottom on CPU (synthetic data), show their figures inline, and are
+stored without outputs."""
 
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -8,6 +10,8 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
+# a cell that draws something: pyplot calls or the library's picture functions
+PLOTTING = re.compile(r"\bplt\.\w|\bprediction_panel\(|\bplot_heatmaps\(|\.imshow\(|\.plot\(")
 
 
 def test_notebooks_exist():
@@ -30,7 +34,9 @@ def test_notebook_outputs_stripped(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_executes(path, tmp_path, monkeypatch):
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    # the kernel keeps Jupyter's own inline backend (a forced MPLBACKEND would hide a library that
+    # switches backends), so every plotting cell must come back with a PNG
+    monkeypatch.delenv("MPLBACKEND", raising=False)
     monkeypatch.setenv("WANDB_MODE", "disabled")
     book = nbformat.read(path, as_version=4)
     NotebookClient(
@@ -38,3 +44,11 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     ).execute()
     errors = [o for c in book.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+    plotting = [c for c in book.cells if c.cell_type == "code" and PLOTTING.search(c.source)]
+    assert plotting, f"{path.name}: no plotting cell found"
+    blank = [
+        c.source.splitlines()[0]
+        for c in plotting
+        if not any("image/png" in o.get("data", {}) for o in c.outputs)
+    ]
+    assert not blank, f"{path.name}: plotting cells without an inline image: {blank}"

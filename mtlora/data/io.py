@@ -8,6 +8,7 @@ middle of an epoch says which file it is instead of surfacing as a bare PIL/scip
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterable
 from functools import cache
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageCms, ImageOps
 
 __all__ = [
     "DataError",
@@ -95,10 +96,66 @@ def _open_image(path: Path) -> Image.Image:
     return image
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """Read an image file as ``(H, W, 3)`` uint8 RGB."""
+def read_rgb(path: Path, upright: bool = False) -> np.ndarray:
+    """Read an image file as ``(H, W, 3)`` uint8 RGB, converting other pixel formats faithfully.
+
+    Pillow's plain ``convert("RGB")`` clips wide formats at 255 (a 16-bit grey photo comes out
+    almost white, a 0..1 float image black), so each kind is handled explicitly:
+
+    * 8-bit RGB, grey, bilevel, palette, YCbCr: as stored (48-bit RGB keeps its high bytes);
+    * 16-bit grey (and 32-bit integer grey within 0..65535): scaled by 255/65535;
+    * float grey: values in 0..1 scaled by 255, anything else refused;
+    * CMYK: through the embedded ICC profile when there is one, else Pillow's conversion;
+    * with transparency (RGBA, LA, PA, palette with a transparent colour): composited over white;
+    * any other mode: refused, naming the file and the mode.
+
+    ``upright`` applies the EXIF orientation, as image viewers do (for photos to predict on;
+    data sets with labels keep the stored pixel grid the labels were drawn on).
+    """
     with _open_image(path) as image:
+        if upright:
+            image = ImageOps.exif_transpose(image)
+        return _to_rgb(image, Path(path))
+
+
+def _to_rgb(image: Image.Image, path: Path) -> np.ndarray:
+    mode = image.mode
+    if mode == "RGB":
+        return np.asarray(image, dtype=np.uint8)
+    if mode.startswith("I") or mode == "F":
+        if len(image.getbands()) != 1:
+            raise DataError(f"{path}: unsupported image mode {mode!r}")
+        values = np.asarray(image).astype(np.float64)
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if mode == "F":
+            if not np.isfinite(values).all() or lo < 0 or hi > 1:
+                raise DataError(
+                    f"{path}: float image with values {lo:g}..{hi:g}; only float images in 0..1 can be read "
+                    "(save it as 8- or 16-bit, or scale it to 0..1)"
+                )
+            grey = values * 255.0
+        else:
+            if lo < 0 or hi > 65535:
+                raise DataError(f"{path}: integer image with values {lo:g}..{hi:g} outside the 16-bit range")
+            grey = values * (255.0 / 65535.0)
+        return np.repeat(grey.round().astype(np.uint8)[..., None], 3, axis=2)
+    if mode == "CMYK" and image.info.get("icc_profile"):
+        try:
+            profile = ImageCms.ImageCmsProfile(io.BytesIO(image.info["icc_profile"]))
+            converted = ImageCms.profileToProfile(
+                image, profile, ImageCms.createProfile("sRGB"), outputMode="RGB"
+            )
+            return np.asarray(converted, dtype=np.uint8)
+        except (ImageCms.PyCMSError, OSError):
+            pass  # a broken profile: fall back to Pillow's conversion
+    if mode.endswith(("A", "a")) or "transparency" in image.info:  # RGBA, LA, PA, RGBa, La
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, image.convert("RGBA")).convert("RGB"), dtype=np.uint8)
+    if mode in ("L", "1", "P", "CMYK", "YCbCr", "HSV"):
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    raise DataError(
+        f"{path}: unsupported image mode {mode!r} (expected RGB, grey, palette, CMYK, 16-bit or float)"
+    )
 
 
 def read_label_png(path: Path) -> np.ndarray:
