@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import yaml
 from jsonargparse import ArgumentParser
 
-from mtlora.data import MultiTaskDataModule, check_data_folder, format_report
+if TYPE_CHECKING:  # torch and Lightning load only once a check runs, not for --help
+    from mtlora.data import MultiTaskDataModule
 
 
 def _parser() -> ArgumentParser:
@@ -36,6 +38,8 @@ def _parser() -> ArgumentParser:
 
 def _datamodule_from_config(path: str, root: str | None) -> MultiTaskDataModule:
     from jsonargparse import ArgumentParser as _AP
+
+    from mtlora.data import MultiTaskDataModule
 
     with open(path) as f:
         config = yaml.safe_load(f) or {}
@@ -67,6 +71,8 @@ def data_main(argv: list[str]) -> int:
     if args.config is None and args.root is None:
         print("mtlora data check: give --data.root DIR or --config X.yaml", file=sys.stderr)
         return 2
+    from mtlora.data import check_data_folder, format_report
+
     data = _datamodule_from_config(args.config, args.root) if args.config else args.root
     report = check_data_folder(data, splits=args.splits, max_samples=args.max_samples)
     print(format_report(report))
