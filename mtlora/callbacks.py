@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
+
+from mtlora.io.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +32,6 @@ def format_metrics_table(metrics: dict[str, float], stage: str) -> str:
     if extras:
         lines.append("  " + "  ".join(f"{k}={v:.4g}" for k, v in extras.items()))
     return "\n".join(lines)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON through a temporary file + rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def run_dir(trainer: Trainer) -> Path:

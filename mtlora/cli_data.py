@@ -7,7 +7,6 @@ config, so exactly the tasks and options that run will use).
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import TYPE_CHECKING
 
@@ -79,6 +78,7 @@ def data_main(argv: list[str]) -> int:
     if args.json:
         from dataclasses import asdict
 
-        with open(args.json, "w") as f:
-            json.dump(asdict(report), f, indent=2)
+        from mtlora.io.atomic import write_json_atomic
+
+        write_json_atomic(args.json, asdict(report))
     return 0 if report.ok else 1

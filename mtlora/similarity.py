@@ -137,13 +137,13 @@ def group_tasks(result: SimilarityResult, groups_per_stage: list[int]) -> list:
 
 def plot_heatmaps(result: SimilarityResult, path: str) -> None:
     """One heat map per stage, annotated with the cosine values."""
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: no global backend or figure registry
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from mtlora.io.atomic import write_atomic
 
     n = len(result.matrices)
-    fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.4), squeeze=False)
+    fig = Figure(figsize=(3.4 * n, 3.4))
+    axes = fig.subplots(1, n, squeeze=False)
     for i, (ax, m) in enumerate(zip(axes[0], result.matrices)):
         ax.imshow(m.numpy(), vmin=-1, vmax=1, cmap="RdBu_r")
         ax.set_title(f"stage {i}")
@@ -153,5 +153,4 @@ def plot_heatmaps(result: SimilarityResult, path: str) -> None:
             ax.text(c, r, f"{float(m[r, c]):.2f}", ha="center", va="center", fontsize=6)
     fig.suptitle(f"task gradient cosine similarity ({result.batches} batches)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))

@@ -180,6 +180,8 @@ def save_panel(
 ) -> None:
     import matplotlib.pyplot as plt
 
+    from mtlora.io.atomic import write_atomic
+
     fig = prediction_panel(image, predictions, targets, title)
-    fig.savefig(path, dpi=100)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
+from mtlora.io.atomic import write_atomic
 from mtlora.report.runs import RunRow
 
 
@@ -222,16 +221,3 @@ def plot(rows: Sequence[RunRow], published: Sequence[dict], path: Path) -> None:
     ax.set_ylabel("Δm (%) vs single task")
     ax.grid(True, which="both", alpha=0.3)
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
-
-
-def write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    """``write(tmp_path)`` then rename over ``path``: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
