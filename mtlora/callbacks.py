@@ -66,6 +66,9 @@ class ResultsWriter(Callback):
 
     def __init__(self) -> None:
         self.last: dict[str, dict[str, float]] = {}
+        # epoch and step of the evaluation itself: after fit the trainer's counters have moved on
+        self.position: dict[str, tuple[int, int]] = {}
+        self.paths: dict[str, Path] = {}  # stage -> results file written (read by the CLI)
 
     def _collect(self, trainer: Trainer, stage: str) -> dict[str, float]:
         return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{stage}/")}
@@ -73,9 +76,11 @@ class ResultsWriter(Callback):
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
             self.last["val"] = self._collect(trainer, "val")
+            self.position["val"] = (trainer.current_epoch, trainer.global_step)
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.last["test"] = self._collect(trainer, "test")
+        self.position["test"] = (trainer.current_epoch, trainer.global_step)
         self._report(trainer, "test")
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -92,15 +97,16 @@ class ResultsWriter(Callback):
             return
         print(format_metrics_table(metrics, stage))
         log_dir = run_dir(trainer)
+        epoch, step = self.position.get(stage, (trainer.current_epoch, trainer.global_step))
         payload = {
             "stage": stage,
-            "epoch": trainer.current_epoch,
-            "global_step": trainer.global_step,
+            "epoch": epoch,
+            "global_step": step,
             "metrics": metrics,
         }
         ckpt = getattr(trainer, "ckpt_path", None)
         if ckpt:
             payload["ckpt_path"] = str(ckpt)
         payload.update(model_facts(trainer.lightning_module))
-        write_json_atomic(log_dir / f"{stage}_results.json", payload)
-        log.info("wrote %s", log_dir / f"{stage}_results.json")
+        self.paths[stage] = write_json_atomic(log_dir / f"{stage}_results.json", payload)
+        log.info("wrote %s", self.paths[stage])

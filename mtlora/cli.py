@@ -78,7 +78,7 @@ def run_cli(args: list[str] | None = None) -> MTLoRACLI | None:
         return None
     from mtlora.lightning_cli import build_cli
 
-    return build_cli(argv)
+    return build_cli(args)  # None: LightningCLI reads sys.argv itself
 
 
 def main(args: list[str] | None = None) -> None:

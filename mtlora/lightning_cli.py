@@ -8,17 +8,21 @@ into the model.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from mtlora.callbacks import ResultsWriter
+from mtlora.callbacks import ResultsWriter, run_dir
 from mtlora.checkpointing import checkpoint_hparams_for_cli, prepare_trainer
 from mtlora.cli import EXTRA_SUBCOMMANDS, OFFLINE_SUBCOMMANDS
 from mtlora.data import MultiTaskDataModule
 from mtlora.module import MultiTaskModule
 from mtlora.trainer import MTLoRATrainer
+
+LIMIT_OPTIONS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches")
 
 
 class MTLoRACLI(LightningCLI):
@@ -32,6 +36,14 @@ class MTLoRACLI(LightningCLI):
         parser.link_arguments("data.task_channels", "model.task_channels", apply_on="instantiate")
         parser.link_arguments("data.batch_size", "model.batch_size", apply_on="instantiate")
         parser.link_arguments("data.img_size", "model.encoder.img_size", apply_on="instantiate")
+
+    def _prepare_subcommand_parser(
+        self, klass: type, subcommand: str, **kwargs: Any
+    ) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand in ("validate", "test"):  # ResultsWriter prints the metrics table: once is enough
+            parser.set_defaults(verbose=False)
+        return parser
 
     def _parse_ckpt_path(self) -> None:
         """LightningCLI's hook: build the model from ``--ckpt_path``'s hyper-parameters.
@@ -65,8 +77,14 @@ class MTLoRACLI(LightningCLI):
             # memory (Lightning's default) would not fit a whole validation split
             config.return_predictions = False
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        super()._run_subcommand(subcommand)
+        if subcommand in ("fit", "validate", "test", "predict") and self.trainer.is_global_zero:
+            print(where_things_went(self.trainer, subcommand), flush=True)
+
     def instantiate_trainer(self, **kwargs: Any):
-        trainer = super().instantiate_trainer(**kwargs)
+        limits = one_batch_limits(self._get(self.config_init, "trainer", default={}))
+        trainer = super().instantiate_trainer(**{**limits, **kwargs})
         # atomic checkpoint writes, weights-only loads, `fit --ckpt_path last` across logger versions
         prepare_trainer(trainer, self.subcommand, self.config_init.get(self.subcommand))
         if self.subcommand in ("fit", "validate", "test"):
@@ -83,7 +101,49 @@ class MTLoRACLI(LightningCLI):
         return trainer
 
 
-def build_cli(args: list[str]) -> MTLoRACLI:
+def one_batch_limits(trainer_config: Mapping[str, Any]) -> dict[str, int]:
+    """Make ``--trainer.limit_val_batches 1`` (and the other ``limit_*``) mean one batch.
+
+    The parser turns these options into floats, so a 1 arrives as 1.0, which Lightning reads as
+    100 % of the batches.  All batches is the default already (leave the option unset), so an
+    explicit 1 is taken to mean what it says; Lightning then logs that one batch is used.
+    Returns the Trainer arguments to replace.
+    """
+    return {
+        key: 1
+        for key in LIMIT_OPTIONS
+        if isinstance(trainer_config.get(key), float) and trainer_config.get(key) == 1.0
+    }
+
+
+def where_things_went(trainer: Trainer, subcommand: str) -> str:
+    """The closing lines of a run: run folder, checkpoint(s), results file(s), predictions."""
+    lines = [f"run folder:      {run_dir(trainer)}"]
+    if subcommand == "fit":
+        callback = trainer.checkpoint_callback
+        if callback is None:
+            lines.append("checkpoint:      none (checkpointing is disabled)")
+        else:
+            best, score = callback.best_model_path, callback.best_model_score
+            label = "best checkpoint:" if callback.monitor else "checkpoint:     "
+            detail = (
+                f" ({callback.monitor}={float(score):.4g})" if callback.monitor and score is not None else ""
+            )
+            lines.append(f"{label} {best or 'none written'}{detail}")
+            if callback.last_model_path and callback.last_model_path != best:
+                lines.append(f"last checkpoint: {callback.last_model_path}")
+    else:
+        lines.append(f"checkpoint:      {trainer.ckpt_path or 'none (weights as configured)'}")
+    for callback in trainer.callbacks:
+        if isinstance(callback, ResultsWriter):
+            lines += [f"results:         {path}" for path in callback.paths.values()]
+        out_dir = getattr(callback, "out_dir", None)
+        if isinstance(callback, BasePredictionWriter) and out_dir is not None:
+            lines.append(f"predictions:     {out_dir}")
+    return "\n".join(lines)
+
+
+def build_cli(args: list[str] | None = None) -> MTLoRACLI:
     """Parse ``args`` and run the Lightning subcommand (or extra subcommand) they name."""
     return MTLoRACLI(
         MultiTaskModule,

@@ -71,7 +71,18 @@ class MTLoRATrainer(Trainer):
         device = self.strategy.root_device
         datamodule.setup("fit")
         loader = datamodule.train_dataloader()
-        result = task_gradient_similarity(net, iter(loader), batches, device)
+        print(
+            f"similarity: {batches} batches, one backward per task each ({len(net.tasks)} tasks)", flush=True
+        )
+        result = task_gradient_similarity(
+            net,
+            iter(loader),
+            batches,
+            device,
+            progress=lambda done, total, seconds: print(
+                f"similarity: batch {done}/{total} ({seconds:.1f}s)", flush=True
+            ),
+        )
         n_stages = len(result.matrices)
         groups = group_tasks(result, groups_per_stage or [1] * (n_stages - 2) + [2, len(net.tasks)])
 

@@ -199,3 +199,47 @@ def test_top_level_help_lists_every_command(capsys):
     text = capsys.readouterr().out
     listed = {line.split()[0] for line in text.splitlines() if line.startswith("  ")}
     assert listed == set(COMMANDS) == {*MTLoRACLI.subcommands(), "report", "data"}
+
+
+def test_commands_say_where_things_went_and_validate_prints_metrics_once(tmp_path, capsys):
+    import csv
+
+    cli = fit(tmp_path, "--trainer.max_epochs", "2", "--trainer.limit_val_batches", "1")
+    assert cli.trainer.num_val_batches == [1]  # `1` means one batch, not 100 % (2 batches here)
+    out = capsys.readouterr().out
+    run = Path(cli.trainer.log_dir)
+    results = run / "val_results.json"
+    ckpt = Path(cli.trainer.checkpoint_callback.best_model_path)
+    assert ckpt.is_file()
+    assert (
+        f"run folder:      {run}" in out
+        and f"checkpoint:      {ckpt}" in out
+        and f"results:         {results}" in out
+    )
+    # the results file names the epoch whose validation it holds, as metrics.csv does
+    with open(run / "metrics.csv") as f:
+        val_epochs = [int(r["epoch"]) for r in csv.DictReader(f) if r.get("val/loss")]
+    assert json.loads(results.read_text())["epoch"] == val_epochs[-1] == 1
+
+    common = ["--config", str(CONFIGS / "tiny_synthetic.yaml"), "--ckpt_path", str(ckpt)]
+    cli = run_cli(["validate", *common, "--trainer.logger.init_args.save_dir", str(tmp_path / "v")])
+    out = capsys.readouterr().out
+    assert out.count("val results") == 1 and "Validate metric" not in out  # one table, not Lightning's too
+    assert f"checkpoint:      {ckpt}" in out
+    assert f"results:         {Path(cli.trainer.log_dir) / 'val_results.json'}" in out
+
+    cli = run_cli(
+        [
+            "predict",
+            *common,
+            "--trainer.limit_predict_batches",
+            "1",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "p"),
+        ]
+    )
+    out = capsys.readouterr().out
+    predictions = Path(cli.trainer.log_dir) / "predictions"
+    assert (
+        f"predictions:     {predictions}" in out and len(list(predictions.glob("*.png"))) == 4
+    )  # one batch of 4
