@@ -144,3 +144,16 @@ def test_interrupted_write_leaves_nothing_behind(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         write_atomic(path, interrupted)
     assert list(path.parent.iterdir()) == []
+
+
+def test_atomic_module_imports_neither_lightning_nor_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, mtlora.io; print(sorted(m for m in ('lightning', 'torch') if m in sys.modules))"
+    root = Path(__file__).parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(root)}
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
