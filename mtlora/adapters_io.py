@@ -25,15 +25,14 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from mtlora.checkpointing import config_differences
+from mtlora.io.atomic import write_atomic
 from mtlora.models.checkpoints import CheckpointError, LoadReport
 from mtlora.models.checkpoints.loading import Converted, apply_state_dict
 from mtlora.models.checkpoints.serialization import _existing_file
@@ -114,16 +113,7 @@ def save_adapters(model: nn.Module, path: str | os.PathLike) -> dict[str, str]:
         "base_tensors": str(len(frozen_base_names(model))),
         "trainable_parameters": str(sum(p.numel() for p in model.parameters() if p.requires_grad)),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    path = write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     log.info("wrote %d adapter tensors (%d bytes) to %s", len(tensors), path.stat().st_size, path)
     return metadata
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
+
+from mtlora.io.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +32,6 @@ def format_metrics_table(metrics: dict[str, float], stage: str) -> str:
     if extras:
         lines.append("  " + "  ".join(f"{k}={v:.4g}" for k, v in extras.items()))
     return "\n".join(lines)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON through a temporary file + rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def run_dir(trainer: Trainer) -> Path:
@@ -78,6 +68,9 @@ class ResultsWriter(Callback):
         self.last: dict[str, dict[str, float]] = {}
         #: the results file written last (None before one is written)
         self.results_path: Path | None = None
+        # epoch and step of the evaluation itself: after fit the trainer's counters have moved on
+        self.position: dict[str, tuple[int, int]] = {}
+        self.paths: dict[str, Path] = {}  # stage -> results file written (read by the CLI)
 
     def _collect(self, trainer: Trainer, stage: str) -> dict[str, float]:
         return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{stage}/")}
@@ -85,9 +78,11 @@ class ResultsWriter(Callback):
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
             self.last["val"] = self._collect(trainer, "val")
+            self.position["val"] = (trainer.current_epoch, trainer.global_step)
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.last["test"] = self._collect(trainer, "test")
+        self.position["test"] = (trainer.current_epoch, trainer.global_step)
         self._report(trainer, "test")
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -104,16 +99,16 @@ class ResultsWriter(Callback):
             return
         print(format_metrics_table(metrics, stage))
         log_dir = run_dir(trainer)
+        epoch, step = self.position.get(stage, (trainer.current_epoch, trainer.global_step))
         payload = {
             "stage": stage,
-            "epoch": trainer.current_epoch,
-            "global_step": trainer.global_step,
+            "epoch": epoch,
+            "global_step": step,
             "metrics": metrics,
         }
         ckpt = getattr(trainer, "ckpt_path", None)
         if ckpt:
             payload["ckpt_path"] = str(ckpt)
         payload.update(model_facts(trainer.lightning_module))
-        self.results_path = log_dir / f"{stage}_results.json"
-        write_json_atomic(self.results_path, payload)
+        self.results_path = self.paths[stage] = write_json_atomic(log_dir / f"{stage}_results.json", payload)
         log.info("wrote %s", self.results_path)

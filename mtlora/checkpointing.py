@@ -19,15 +19,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import pickle
 import random
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +33,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor
 
+from mtlora.io.atomic import write_atomic
 from mtlora.models.checkpoints.serialization import (
     CheckpointError,
     _check_zip,
@@ -51,42 +49,18 @@ _ARCHITECTURE_KEYS = ("task_channels", "encoder", "adapter", "decoder")
 
 
 # ---------------------------------------------------------------------------------------------- writing
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every file system lets a directory be opened
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` through a temporary file in the same folder + fsync + rename.
 
     Readers see either the previous file or the complete new one, also after a SIGKILL or a
-    crash of the machine; a failed write removes its temporary file.
+    crash of the machine; a failed write removes its temporary file (see :mod:`mtlora.io.atomic`).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+
+    write_atomic(path, save)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -1,25 +1,19 @@
-"""Command line: LightningCLI with the library's extra subcommands.
+"""Command line entry point: dispatches before importing Lightning or torch.
 
-``mtlora fit|validate|test|predict --config X`` are Lightning's; ``summary`` (and the other
-extra subcommands) are methods of :class:`MTLoRATrainer`, so they receive the same instantiated
-model and DataModule as ``fit`` does.  Tasks are declared once, on the DataModule, and linked
-into the model.
+Building LightningCLI's parser means importing Lightning, torch and timm and introspecting the
+model, DataModule and Trainer signatures: seconds of start-up and about 1 GB.  ``mtlora --help``,
+``mtlora report`` and ``mtlora data check`` need none of that, so this module imports only the
+standard library; ``fit|validate|test|predict`` and the extra subcommands (methods of
+:class:`~mtlora.trainer.MTLoRATrainer`) go to :mod:`mtlora.lightning_cli`.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
-from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-
-from mtlora.callbacks import ResultsWriter
-from mtlora.checkpointing import checkpoint_hparams_for_cli, prepare_trainer
-from mtlora.data import MultiTaskDataModule
-from mtlora.module import MultiTaskModule
-from mtlora.resume import prepare_resume
-from mtlora.trainer import MTLoRATrainer
+if TYPE_CHECKING:
+    from mtlora.lightning_cli import MTLoRACLI
 
 EXTRA_SUBCOMMANDS: dict[str, set[str]] = {
     "summary": {"model", "datamodule"},
@@ -32,134 +26,59 @@ EXTRA_SUBCOMMANDS: dict[str, set[str]] = {
 # (bench times randomly initialised variants; export takes its weights from the checkpoint)
 OFFLINE_SUBCOMMANDS = {"summary", "bench", "export", "export_adapters"}
 
-
-class MTLoRACLI(LightningCLI):
-    """LightningCLI with task linking, default CSV logging and extra subcommands."""
-
-    @staticmethod
-    def subcommands() -> dict[str, set[str]]:
-        return {**LightningCLI.subcommands(), **EXTRA_SUBCOMMANDS}
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.task_channels", "model.task_channels", apply_on="instantiate")
-        parser.link_arguments("data.batch_size", "model.batch_size", apply_on="instantiate")
-        parser.link_arguments("data.img_size", "model.encoder.img_size", apply_on="instantiate")
-
-    def _parse_ckpt_path(self) -> None:
-        """LightningCLI's hook: build the model from ``--ckpt_path``'s hyper-parameters.
-
-        Replaced so the file is read safely with named errors and ``--weights_only``, and the
-        config options the checkpoint overrides are listed (see checkpoint_hparams_for_cli).
-        """
-        subcommand = self.config.get("subcommand")
-        run = self.config[subcommand] if subcommand else None
-        path = run.get("ckpt_path") if run is not None else None
-        if not path or path in ("last", "best", "hpc") or str(path).startswith("registry:"):
-            return
-        model = run.get("model")
-        hparams = checkpoint_hparams_for_cli(
-            path,
-            model.as_dict() if model is not None else {},
-            weights_only=run.get("weights_only") is not False,
-        )
-        if not hparams:
-            return
-        data = run.get("data")
-        if subcommand == "predict" and data is not None and data.get("init_args") is not None:
-            fill_data_options_from_checkpoint(data.init_args, hparams)
-        if "_class_path" in hparams:
-            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
-        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
-
-    def _prepare_subcommand_parser(
-        self, klass: type, subcommand: str, **kwargs: Any
-    ) -> LightningArgumentParser:
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
-        if subcommand == "predict":  # --output.dir / .panels / .maps / .max_images
-            from mtlora.predict_writer import PredictionPanelWriter
-
-            parser.add_class_arguments(PredictionPanelWriter, "output")
-        return parser
-
-    def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand]
-        if self.subcommand in OFFLINE_SUBCOMMANDS:
-            config.model.encoder.pretrained = None
-        if self.subcommand == "predict" and config.get("return_predictions") is None:
-            # panels are written as batches finish; keeping every full-resolution output in
-            # memory (Lightning's default) would not fit a whole validation split
-            config.return_predictions = False
-
-    def instantiate_trainer(self, **kwargs: Any):
-        trainer = super().instantiate_trainer(**kwargs)
-        # atomic checkpoint writes, weights-only loads
-        prepare_trainer(trainer, self.subcommand, self.config_init.get(self.subcommand))
-        # a recent last.ckpt at all times, `--ckpt_path last`, one folder per run, config drift
-        prepare_resume(
-            trainer,
-            self.subcommand,
-            self.config_init.get(self.subcommand),
-            self.config.get(self.subcommand),
-            self.model,
-        )
-        if self.subcommand in ("fit", "validate", "test"):
-            trainer.callbacks.append(ResultsWriter())
-            from mtlora.wandb_callback import prepare_wandb  # no-op unless a WandbLogger is configured
-
-            prepare_wandb(trainer, self.model, self.datamodule, self.subcommand)
-        if self.subcommand == "predict" and not any(
-            isinstance(c, BasePredictionWriter) for c in trainer.callbacks
-        ):
-            trainer.callbacks.append(self.config_init["predict"]["output"])
-        return trainer
+# one line each for `mtlora --help`; `mtlora <command> --help` gives every option
+COMMANDS: dict[str, str] = {
+    "fit": "train a model (writes the run folder: checkpoints, metrics.csv, val_results.json)",
+    "validate": "evaluate a checkpoint on the validation split (writes val_results.json)",
+    "test": "evaluate a checkpoint on the test split (writes test_results.json)",
+    "predict": "write prediction panels of a checkpoint",
+    "summary": "parameter counts and GMACs of a config (no data, no download)",
+    "similarity": "group tasks by gradient similarity; writes a progressive plan config",
+    "bench": "training/inference throughput, memory and MFU on synthetic inputs",
+    "export": "inference model with merged adapters (safetensors + torch.export)",
+    "export_adapters": "the trained part of a checkpoint as a small safetensors file",
+    "report": "table and Pareto plot of finished runs",
+    "data": "data check: inspect a data folder before a long run",
+}
 
 
-def fill_data_options_from_checkpoint(data_args: Any, hparams: dict[str, Any]) -> None:
-    """Data options left unset (None: ``ImageFolderDataModule``'s tasks, class count, input size)
-    take the checkpoint's values, so predicting on a folder needs only the checkpoint."""
-    channels = hparams.get("task_channels") or {}
-    encoder = hparams.get("encoder") or {}
-    known = {
-        "tasks": list(channels) or None,
-        "semseg_classes": channels.get("semseg"),
-        "img_size": encoder.get("img_size") if isinstance(encoder, dict) else None,
-    }
-    for key, value in known.items():
-        if key in data_args and data_args[key] is None and value is not None:
-            data_args[key] = value
+def top_level_help() -> str:
+    """``mtlora --help``: the commands, without building any parser."""
+    width = max(map(len, COMMANDS))
+    lines = [
+        "usage: mtlora <command> [options]    (mtlora <command> --help for its options)",
+        "",
+        "Multi-task dense prediction with Swin Transformer + MTLoRA adapters.",
+        "",
+        "commands:",
+        *(f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()),
+    ]
+    return "\n".join(lines)
 
 
 def run_cli(args: list[str] | None = None) -> MTLoRACLI | None:
     """Run one command; ``args`` (without the program name) lets tests run it in-process."""
     argv = sys.argv[1:] if args is None else list(args)
-    if argv[:1] == ["data"]:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(top_level_help())
+        if not argv:
+            raise SystemExit(2)
+        return None
+    if argv[0] == "data":
         from mtlora.cli_data import data_main
 
         status = data_main(argv[1:])
         if status:
             raise SystemExit(status)
         return None
-    if argv[:1] == ["report"]:  # reads finished runs: no model, no data, so not a LightningCLI subcommand
+    if argv[0] == "report":  # reads finished runs: no model, no data, so not a LightningCLI subcommand
         from mtlora.report import report_main
 
         report_main(argv[1:])
         return None
-    return MTLoRACLI(
-        MultiTaskModule,
-        MultiTaskDataModule,
-        subclass_mode_data=True,
-        trainer_class=MTLoRATrainer,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-        trainer_defaults={
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": "runs"},
-            },
-        },
-        parser_kwargs={"default_env": False},
-        args=args,
-    )
+    from mtlora.lightning_cli import build_cli
+
+    return build_cli(args)  # None: LightningCLI reads sys.argv itself
 
 
 def main(args: list[str] | None = None) -> None:

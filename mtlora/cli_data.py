@@ -7,13 +7,14 @@ config, so exactly the tasks and options that run will use).
 
 from __future__ import annotations
 
-import json
 import sys
+from typing import TYPE_CHECKING
 
 import yaml
 from jsonargparse import ArgumentParser
 
-from mtlora.data import MultiTaskDataModule, check_data_folder, format_report
+if TYPE_CHECKING:  # torch and Lightning load only once a check runs, not for --help
+    from mtlora.data import MultiTaskDataModule
 
 
 def _parser() -> ArgumentParser:
@@ -36,6 +37,8 @@ def _parser() -> ArgumentParser:
 
 def _datamodule_from_config(path: str, root: str | None) -> MultiTaskDataModule:
     from jsonargparse import ArgumentParser as _AP
+
+    from mtlora.data import MultiTaskDataModule
 
     with open(path) as f:
         config = yaml.safe_load(f) or {}
@@ -67,12 +70,15 @@ def data_main(argv: list[str]) -> int:
     if args.config is None and args.root is None:
         print("mtlora data check: give --data.root DIR or --config X.yaml", file=sys.stderr)
         return 2
+    from mtlora.data import check_data_folder, format_report
+
     data = _datamodule_from_config(args.config, args.root) if args.config else args.root
     report = check_data_folder(data, splits=args.splits, max_samples=args.max_samples)
     print(format_report(report))
     if args.json:
         from dataclasses import asdict
 
-        with open(args.json, "w") as f:
-            json.dump(asdict(report), f, indent=2)
+        from mtlora.io.atomic import write_json_atomic
+
+        write_json_atomic(args.json, asdict(report))
     return 0 if report.ok else 1

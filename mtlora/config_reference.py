@@ -137,9 +137,9 @@ def generate() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    text = generate()
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(text)
+    from mtlora.io.atomic import write_text_atomic
+
+    write_text_atomic(OUT, generate())
     print(f"wrote {OUT}", file=sys.stderr)
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from mtlora.io.atomic import write_atomic, write_text_atomic
 from mtlora.models.merging import MergeReport, merge_model
 from mtlora.models.model import DecoderConfig, EncoderConfig, MultiTaskModel
 from mtlora.models.plans import AdapterConfig
@@ -55,9 +56,7 @@ def export_program(model: MultiTaskModel, path: str | Path, example_batch: int =
     batch = Dim("batch", min=1, max=4096)
     with torch.no_grad():
         program = torch.export.export(model.eval(), (example,), dynamic_shapes={"image": {0: batch}})
-    path = Path(path)
-    torch.export.save(program, path)
-    return path
+    return write_atomic(path, lambda tmp: torch.export.save(program, tmp))
 
 
 def export_model(model: MultiTaskModel, out_dir: str | Path, program: bool = True) -> dict:
@@ -73,7 +72,7 @@ def export_model(model: MultiTaskModel, out_dir: str | Path, program: bool = Tru
     merged, report = merged_copy(model)  # a copy: ``model`` keeps its device, dtype and weights
     merged = merged.float().cpu()
     state = {k: v.detach().contiguous() for k, v in merged.state_dict().items()}
-    save_file(state, str(out / "model.safetensors"), metadata={"format": FORMAT})
+    write_atomic(out / "model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": FORMAT}))
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -92,7 +91,7 @@ def export_model(model: MultiTaskModel, out_dir: str | Path, program: bool = Tru
     }
     if program:
         export_program(merged, out / "model.pt2")
-    (out / "config.json").write_text(json.dumps(config, indent=2))
+    write_text_atomic(out / "config.json", json.dumps(config, indent=2))
     log.info(
         "exported %s (%d shared, %d stream layers merged)", out, len(report.shared), len(report.stream_paths)
     )

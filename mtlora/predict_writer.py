@@ -28,7 +28,7 @@ from PIL import Image
 from torch import Tensor
 
 from mtlora.callbacks import run_dir
-from mtlora.report.render import write_atomic
+from mtlora.io.atomic import write_atomic
 from mtlora.tasks import task_info
 from mtlora.visualize import decode_prediction, palette, save_panel
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -61,9 +61,17 @@ def shared_adapter_params(model: MultiTaskModel) -> list[list[torch.nn.Parameter
 
 
 def task_gradient_similarity(
-    model: MultiTaskModel, batches: Iterable[dict], num_batches: int, device: torch.device | str = "cpu"
+    model: MultiTaskModel,
+    batches: Iterable[dict],
+    num_batches: int,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int, int, float], None] | None = None,
 ) -> SimilarityResult:
-    """Cosine similarity of per-task gradients on the shared adapters, one matrix per stage."""
+    """Cosine similarity of per-task gradients on the shared adapters, one matrix per stage.
+
+    ``progress(done, total, seconds)`` is called after every batch (one batch is a forward and
+    one backward per task, seconds each on a CPU, so a caller can show that work goes on).
+    """
     model = model.to(device).train()
     criterion = MultiTaskLoss(model.tasks)
     stages = shared_adapter_params(model)
@@ -82,6 +90,8 @@ def task_gradient_similarity(
                 [(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, flat_params)]
             )
         seen += 1
+        if progress is not None:
+            progress(seen, num_batches, time.perf_counter() - start)
     if seen == 0:
         raise ValueError("task similarity needs at least one batch; the data loader is empty")
     matrices = []
@@ -160,7 +170,7 @@ def plot_heatmaps(result: SimilarityResult, path: str | None = None) -> InlineFi
             ax.text(c, r, f"{float(m[r, c]):.2f}", ha="center", va="center", fontsize=6)
     fig.suptitle(f"task gradient cosine similarity ({result.batches} batches)")
     if path is not None:
-        from mtlora.report.render import write_atomic
+        from mtlora.io.atomic import write_atomic
 
         write_atomic(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     return fig

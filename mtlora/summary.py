@@ -5,17 +5,27 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from mtlora.models.model import MultiTaskModel, parameter_counts
 
 
 def gmacs(model: MultiTaskModel, img_size: int) -> dict[str, float]:
-    """Multiply-accumulates (G) of one ``img_size``² image: encoder, each task's decoder, total."""
+    """Multiply-accumulates (G) of one ``img_size``² image: encoder, each task's decoder, total.
+
+    Counted on a fake input (shapes only): the same operators and counts as a real forward,
+    without its compute or its activations (hundreds of MB at 448²).  The real weights stay
+    untouched; the fake mode only wraps them per operator.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    with (
+        FakeTensorMode(allow_non_fake_inputs=True),
+        FlopCounterMode(display=False) as counter,
+        torch.no_grad(),
+    ):
         model(torch.zeros(1, 3, img_size, img_size, device=device))
     model.train(was_training)
     counts = {

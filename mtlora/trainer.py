@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Literal
@@ -39,7 +38,9 @@ class MTLoRATrainer(Trainer):
         text, result = summary_table(model.model, img_size, with_macs=macs)
         print(text)
         if json_out:
-            Path(json_out).write_text(json.dumps(result, indent=2))
+            from mtlora.io.atomic import write_json_atomic
+
+            write_json_atomic(json_out, result)
         return result
 
     def similarity(
@@ -63,14 +64,25 @@ class MTLoRATrainer(Trainer):
         import torch
         import yaml
 
-        from mtlora.callbacks import write_json_atomic
+        from mtlora.io.atomic import write_json_atomic, write_text_atomic
         from mtlora.similarity import group_tasks, plot_heatmaps, task_gradient_similarity
 
         net = model.model
         device = self.strategy.root_device
         datamodule.setup("fit")
         loader = datamodule.train_dataloader()
-        result = task_gradient_similarity(net, iter(loader), batches, device)
+        print(
+            f"similarity: {batches} batches, one backward per task each ({len(net.tasks)} tasks)", flush=True
+        )
+        result = task_gradient_similarity(
+            net,
+            iter(loader),
+            batches,
+            device,
+            progress=lambda done, total, seconds: print(
+                f"similarity: batch {done}/{total} ({seconds:.1f}s)", flush=True
+            ),
+        )
         n_stages = len(result.matrices)
         groups = group_tasks(result, groups_per_stage or [1] * (n_stages - 2) + [2, len(net.tasks)])
 
@@ -91,7 +103,7 @@ class MTLoRATrainer(Trainer):
             f"# task groups from gradient similarity ({result.batches} batches); compose with a config:\n"
             f"#   mtlora fit --config <config.yaml> -c {out / 'plan.yaml'}\n"
         )
-        (out / "plan.yaml").write_text(header + yaml.safe_dump(plan, sort_keys=False))
+        write_text_atomic(out / "plan.yaml", header + yaml.safe_dump(plan, sort_keys=False))
         plot_heatmaps(result, str(out / "similarity.png"))
         report = {
             "tasks": result.tasks,
@@ -156,7 +168,7 @@ class MTLoRATrainer(Trainer):
             json_out: write the report to this JSON file.
         """
         from mtlora.bench import BenchSettings, format_report, run_bench
-        from mtlora.callbacks import write_json_atomic
+        from mtlora.io.atomic import write_json_atomic
 
         device = self.strategy.root_device
         settings = BenchSettings(

@@ -322,7 +322,7 @@ def save_panel(
     title: str = "",
 ) -> None:
     """Write :func:`prediction_panel` as a PNG (atomically: no half-written file on a crash)."""
-    from mtlora.report.render import write_atomic
+    from mtlora.io.atomic import write_atomic
 
     panel = prediction_panel(image, predictions, targets, title)
     write_atomic(Path(path), lambda tmp: panel.save(tmp, format="PNG", compress_level=1))

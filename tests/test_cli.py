@@ -102,6 +102,30 @@ def test_summary_prints_official_counts(capsys, tmp_path):
     assert set(result["gmacs"]) >= {"encoder", "decoder/semseg", "decoder/normals", "total"}
 
 
+def test_summary_gmacs_on_fake_tensors_equal_a_real_forward():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mtlora.models.model import MultiTaskModel
+    from mtlora.summary import gmacs
+
+    from conftest import PASCAL_CHANNELS, tiny_encoder
+
+    model = MultiTaskModel(PASCAL_CHANNELS, tiny_encoder())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    counted = gmacs(model, 64)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(torch.zeros(1, 3, 64, 64))
+    real = {k.split(".", 1)[-1]: sum(v.values()) / 2e9 for k, v in counter.get_flop_counts().items()}
+    assert counted["total"] == real["Global"] > 0
+    assert counted["encoder"] == real["backbone"]
+    for task in PASCAL_CHANNELS:
+        assert counted[f"decoder/{task}"] == real[f"decoder.fusion.{task}"] + real.get(
+            f"decoder.heads.{task}", 0
+        )
+    for key, value in model.state_dict().items():  # weights stay real and unchanged
+        assert type(value) is torch.Tensor and torch.equal(value, before[key]), key
+
+
 @pytest.mark.parametrize(
     "name,trainable",
     [
@@ -142,3 +166,80 @@ def test_config_typo_is_reported(capsys):
     with pytest.raises(SystemExit):
         run_cli(["fit", "--config", str(CONFIGS / "tiny_synthetic.yaml"), "--model.adapter.shared_rnak", "8"])
     assert "shared_rnak" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["--help"], ["report", "--help"], ["data", "check", "--help"]])
+def test_light_commands_start_without_lightning_or_torch(command):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from mtlora.cli import run_cli\n"
+        "try:\n"
+        f"    run_cli({command!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('HEAVY', sorted(m for m in ('lightning', 'torch', 'timm') if m in sys.modules))\n"
+    )
+    root = Path(__file__).parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env={"PYTHONPATH": str(root)}
+    )
+    assert out.returncode == 0, out.stderr
+    assert "usage: mtlora" in out.stdout
+    assert "HEAVY []" in out.stdout
+
+
+def test_top_level_help_lists_every_command(capsys):
+    from mtlora.cli import COMMANDS
+    from mtlora.lightning_cli import MTLoRACLI
+
+    run_cli(["--help"])
+    text = capsys.readouterr().out
+    listed = {line.split()[0] for line in text.splitlines() if line.startswith("  ")}
+    assert listed == set(COMMANDS) == {*MTLoRACLI.subcommands(), "report", "data"}
+
+
+def test_commands_say_where_things_went_and_validate_prints_metrics_once(tmp_path, capsys):
+    import csv
+
+    cli = fit(tmp_path, "--trainer.max_epochs", "2", "--trainer.limit_val_batches", "1")
+    assert cli.trainer.num_val_batches == [1]  # `1` means one batch, not 100 % (2 batches here)
+    out = capsys.readouterr().out
+    run = Path(cli.trainer.log_dir)
+    results = run / "val_results.json"
+    ckpt = Path(cli.trainer.checkpoint_callback.best_model_path)
+    assert ckpt.is_file()
+    assert (
+        f"run folder:      {run}" in out
+        and f"checkpoint:      {ckpt}" in out
+        and f"results:         {results}" in out
+    )
+    # the results file names the epoch whose validation it holds, as metrics.csv does
+    with open(run / "metrics.csv") as f:
+        val_epochs = [int(r["epoch"]) for r in csv.DictReader(f) if r.get("val/loss")]
+    assert json.loads(results.read_text())["epoch"] == val_epochs[-1] == 1
+
+    common = ["--config", str(CONFIGS / "tiny_synthetic.yaml"), "--ckpt_path", str(ckpt)]
+    cli = run_cli(["validate", *common, "--trainer.logger.init_args.save_dir", str(tmp_path / "v")])
+    out = capsys.readouterr().out
+    assert out.count("val results") == 1 and "Validate metric" not in out  # one table, not Lightning's too
+    assert f"checkpoint:      {ckpt}" in out
+    assert f"results:         {Path(cli.trainer.log_dir) / 'val_results.json'}" in out
+
+    cli = run_cli(
+        [
+            "predict",
+            *common,
+            "--trainer.limit_predict_batches",
+            "1",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "p"),
+        ]
+    )
+    out = capsys.readouterr().out
+    predictions = Path(cli.trainer.log_dir) / "predictions"
+    assert (
+        f"predictions:     {predictions}" in out and len(list(predictions.glob("*.png"))) == 4
+    )  # one batch of 4

@@ -170,6 +170,19 @@ def test_report_cli_writes_the_three_files(runs, tmp_path, capsys):
     assert "| Adapter |" in capsys.readouterr().out
 
 
+def test_report_says_on_the_console_why_the_plot_is_empty(tmp_path, capsys):
+    write_run(tmp_path / "runs", "no_delta_m", [epoch_metrics(30, 20)], facts("MTLoRA r=16", 4_953_146))
+    out = tmp_path / "table"
+    run_cli(["report", "--runs", str(tmp_path / "runs"), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert f"{out / 'pareto.png'} shows no measured run: no run has Δm" in printed
+    assert "--baseline" in printed
+    run_cli(
+        ["report", "--runs", str(tmp_path / "runs"), "--out", str(out), "--baseline", "pascal_context_swin_t"]
+    )
+    assert "shows no measured run" not in capsys.readouterr().out  # Δm recomputed: the run is plotted
+
+
 def test_missing_inputs_fail_with_a_clear_message(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_cli(["report", "--runs", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])

@@ -59,7 +59,7 @@ def test_identical_tasks_group_and_unrelated_task_stays_apart():
     ]
 
 
-def test_similarity_cli_writes_plan_heatmap_and_plan_trains(tmp_path):
+def test_similarity_cli_writes_plan_heatmap_and_plan_trains(tmp_path, capsys):
     out = tmp_path / "sim"
     run_cli(
         [
@@ -78,6 +78,8 @@ def test_similarity_cli_writes_plan_heatmap_and_plan_trains(tmp_path):
     groups = plan["model"]["adapter"]["groups"]
     assert len(groups) == 4 and groups[0] == "shared" and groups[-1] == "tasks"
     assert (out / "similarity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "similarity: batch 1/2" in printed and "similarity: batch 2/2" in printed  # progress
     cli = run_cli(
         [
             "fit",

@@ -23,7 +23,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mtlora.report.render import csv_text, markdown, pareto_front, plot, write_atomic
+from mtlora.io.atomic import write_text_atomic
+from mtlora.report.render import csv_text, empty_plot_reason, markdown, pareto_front, plot
 from mtlora.report.runs import (
     ReportError,
     RunRow,
@@ -86,11 +87,11 @@ def build_report(
     out = Path(out)
     paths = {"markdown": out / "table.md", "csv": out / "table.csv", "plot": out / "pareto.png"}
     md = markdown(rows, ref, title)
-    write_atomic(paths["markdown"], lambda tmp: Path(tmp).write_text(md))
+    write_text_atomic(paths["markdown"], md)
     text = csv_text(rows, ref)
-    write_atomic(paths["csv"], lambda tmp: Path(tmp).write_text(text))
+    write_text_atomic(paths["csv"], text)
     plot(rows, ref, paths["plot"])
-    return {"rows": rows, "paths": paths, "markdown": md}
+    return {"rows": rows, "paths": paths, "markdown": md, "empty_plot_reason": empty_plot_reason(rows)}
 
 
 def report_main(argv: Sequence[str]) -> dict[str, Any]:
@@ -128,4 +129,6 @@ def report_main(argv: Sequence[str]) -> dict[str, Any]:
         raise SystemExit(2) from None
     print(result["markdown"])
     print(f"wrote {', '.join(str(p) for p in result['paths'].values())}")
+    if result["empty_plot_reason"]:
+        print(f"{result['paths']['plot']} shows no measured run: {result['empty_plot_reason']}")
     return result

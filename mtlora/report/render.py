@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
+from mtlora.io.atomic import write_atomic
 from mtlora.report.runs import RunRow
 
 
@@ -151,6 +150,15 @@ def csv_text(rows: Sequence[RunRow], published: Sequence[dict]) -> str:
     return buf.getvalue()
 
 
+def empty_plot_reason(rows: Sequence[RunRow]) -> str | None:
+    """Why the Pareto plot has no measured point (``None`` when it has some); shown on the plot and the console."""
+    if any(r.delta_m is not None and r.trainable_params for r in rows):
+        return None
+    if all(r.delta_m is None for r in rows):
+        return "no run has Δm: train with --model.delta_m_baseline, or pass --baseline to recompute it"
+    return "the runs with Δm have no trainable-parameter count (no val_results.json or hparams.yaml)"
+
+
 def plot(rows: Sequence[RunRow], published: Sequence[dict], path: Path) -> None:
     """Δm against trainable parameters (log x), measured front marked, published rows as grey crosses."""
     from matplotlib.figure import Figure
@@ -209,7 +217,7 @@ def plot(rows: Sequence[RunRow], published: Sequence[dict], path: Path) -> None:
         ax.text(
             0.5,
             0.5,
-            "no run has Δm: train with model.delta_m_baseline or pass --baseline",
+            empty_plot_reason(rows),
             ha="center",
             va="center",
             transform=ax.transAxes,
@@ -222,16 +230,3 @@ def plot(rows: Sequence[RunRow], published: Sequence[dict], path: Path) -> None:
     ax.set_ylabel("Δm (%) vs single task")
     ax.grid(True, which="both", alpha=0.3)
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
-
-
-def write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    """``write(tmp_path)`` then rename over ``path``: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
