@@ -88,7 +88,7 @@ class MultiTaskModule(LightningModule):
             weights); see :mod:`mtlora.weighting`. Logged as ``train/weight/<task>``.
         compile: compile the model's forward with ``torch.compile(fullgraph=True)`` when the
             Trainer sets the module up (in place: checkpoint keys are unchanged).
-        init_weights: initial weights loaded in ``setup()`` when no ``--ckpt_path`` is given:
+        init_weights: initial weights loaded when a loop starts, unless ``--ckpt_path`` is given:
             an official MTLoRA checkpoint, an adapter-only ``.safetensors`` file (loaded on top of
             ``encoder.pretrained``) or a Lightning ``.ckpt`` (model weights only); prefix
             ``official:``/``adapters:``/``lightning:`` to force the kind (:mod:`mtlora.init_weights`).
@@ -130,8 +130,8 @@ class MultiTaskModule(LightningModule):
         # checkpoints keep plain dicts so they load with torch's weights-only unpickler
         self.hparams.update(encoder=asdict(encoder), adapter=asdict(adapter), decoder=asdict(decoder))
         self.tasks = list(task_channels)
-        # ImageNet weights are loaded in setup(), so that building the module (summary,
-        # load_from_checkpoint, resume) never downloads weights a checkpoint replaces anyway
+        # ImageNet weights are loaded by load_initial_weights(), so that building the module
+        # (summary, load_from_checkpoint, resume) never downloads weights a checkpoint replaces
         self.model = MultiTaskModel(dict(task_channels), encoder, adapter, decoder, load_pretrained=False)
         self._pretrained_pending = bool(encoder.pretrained)
         self.criterion = MultiTaskLoss(self.tasks, loss_weights)
@@ -152,18 +152,20 @@ class MultiTaskModule(LightningModule):
                 list(task_channels), task_channels, edge_max_dist=self.hparams.edge_max_dist
             )
 
-    def setup(self, stage: str) -> None:
-        from mtlora.init_weights import load_init_weights, needs_pretrained_base
+    def load_initial_weights(self) -> None:
+        """Load ``encoder.pretrained`` and ``init_weights`` once, unless a checkpoint was restored.
 
-        resuming = self.trainer.ckpt_path is not None
-        init = None if resuming else self._init_weights_pending
-        # full-model files replace the pretrained encoder anyway; adapter files go on top of it
-        if self._pretrained_pending and not resuming and (init is None or needs_pretrained_base(init)):
-            self.model.load_pretrained()
-        if init:
-            load_init_weights(self.model, init)
+        Called when a loop starts (after Lightning restored ``--ckpt_path``, whose
+        ``on_load_checkpoint`` cancels it: the checkpoint holds every weight, and the initial
+        files may be offline or moved by then) and by ``mtlora similarity``.  It cannot run in
+        ``setup()``: Lightning sets ``trainer.ckpt_path`` only after that hook.
+        """
+        from mtlora.init_weights import load_run_weights
+
+        pretrained = self.model.encoder_config.pretrained if self._pretrained_pending else None
+        init, self._init_weights_pending = self._init_weights_pending, None
         self._pretrained_pending = False
-        self._init_weights_pending = None
+        load_run_weights(self.model, pretrained, init)
 
     def configure_model(self) -> None:
         # nn.Module.compile wraps the call, not the module, so parameter names stay the same
@@ -282,12 +284,22 @@ class MultiTaskModule(LightningModule):
         self._init_weights_pending = None
 
     def on_train_start(self) -> None:
+        self.load_initial_weights()  # no-op after the sanity check or a restored checkpoint
         # after the sanity check, right before the first resumed step: same dropout/drop-path draws
         if self._rng_to_restore is not None:
             restore_rng_state(self._rng_to_restore, self.global_rank, self.trainer.world_size)
             self._rng_to_restore = None
         if self.trainer.ckpt_path is not None:
             warn_epoch_end_resume_with_max_steps(self.trainer)
+
+    def on_validation_start(self) -> None:
+        self.load_initial_weights()  # the sanity check is the first loop of a fit
+
+    def on_test_start(self) -> None:
+        self.load_initial_weights()
+
+    def on_predict_start(self) -> None:
+        self.load_initial_weights()
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")

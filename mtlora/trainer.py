@@ -66,6 +66,8 @@ class MTLoRATrainer(Trainer):
         from mtlora.callbacks import write_json_atomic
         from mtlora.similarity import group_tasks, plot_heatmaps, task_gradient_similarity
 
+        # the network fit would start from (encoder.pretrained, init_weights), not a random one
+        model.load_initial_weights()
         net = model.model
         device = self.strategy.root_device
         datamodule.setup("fit")
