@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
@@ -23,9 +24,12 @@ from mtlora.checkpointing import (
     warn_epoch_end_resume_with_max_steps,
 )
 from mtlora.losses import MultiTaskLoss
+from mtlora.models.checkpoints import CheckpointError
+from mtlora.models.checkpoints.loading import describe_nonfinite, nonfinite_tensor_names
 from mtlora.models.model import DecoderConfig, EncoderConfig, MultiTaskModel, parameter_counts
 from mtlora.models.plans import AdapterConfig
-from mtlora.nonfinite import NonFiniteGuard
+from mtlora.nonfinite import NonFiniteGuard, NonFiniteStepsError, affected_tasks, persistent_buffers
+from mtlora.options import check_number
 from mtlora.weighting import build_weighting
 
 log = logging.getLogger(__name__)
@@ -123,6 +127,18 @@ class MultiTaskModule(LightningModule):
             raise ValueError(
                 "model.task_channels is empty: give the data module's tasks (the CLI links them)"
             )
+        for option, value, bounds in (
+            ("lr", lr, {"above": 0}),
+            ("warmup_lr", warmup_lr, {"minimum": 0}),
+            ("min_lr", min_lr, {"minimum": 0}),
+            ("warmup_epochs", warmup_epochs, {"minimum": 0}),
+            ("weight_decay", weight_decay, {"minimum": 0}),
+            ("edge_max_dist", edge_max_dist, {"above": 0, "below": 1}),
+            ("batch_size", batch_size, {"above": 0, "integer": True}),
+        ):
+            check_number(f"model.{option}", value, **bounds)
+        if lr_reference_batch is not None:
+            check_number("model.lr_reference_batch", lr_reference_batch, above=0, integer=True)
         encoder = as_config(EncoderConfig, encoder)
         adapter = as_config(AdapterConfig, adapter)
         decoder = as_config(DecoderConfig, decoder)
@@ -142,6 +158,7 @@ class MultiTaskModule(LightningModule):
         self._init_weights_pending = init_weights
         self._rng_to_restore: dict | None = None
         self.nonfinite = NonFiniteGuard(self.tasks, max_nonfinite_steps)
+        self._guarded_buffers: list[Tensor] | None = None  # found again when training starts
 
     # ------------------------------------------------------------------ metrics plumbing
     def _build_metrics(self, task_channels: dict[str, int]) -> None:
@@ -244,6 +261,13 @@ class MultiTaskModule(LightningModule):
         self._check_nonfinite()
 
     # ------------------------------------------------------------------ reliability
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # BatchNorm statistics and loss-weighting sums change in the forward: keep a copy to put
+        # back if the step turns out non-finite (mtlora.nonfinite)
+        if self._guarded_buffers is None:
+            self._guarded_buffers = persistent_buffers(self.model, self.weighting)
+        self.nonfinite.snapshot_buffers(self._guarded_buffers)
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
             mode = "count_only"  # 16-mixed: the GradScaler skips non-finite steps itself
@@ -262,7 +286,20 @@ class MultiTaskModule(LightningModule):
         last = (getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")) or None
         self.nonfinite.check(self.trainer.global_step, last)
 
+    def on_train_end(self) -> None:
+        self._check_nonfinite()  # the last steps may fall between two logging intervals
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # before anything is written: a non-finite state never replaces a finite checkpoint
+        bad = nonfinite_tensor_names(checkpoint["state_dict"])
+        if bad:
+            raise NonFiniteStepsError(
+                f"training stopped at step {self.trainer.global_step}: the model state is not finite, "
+                f"so no checkpoint was written and the earlier ones are kept. {describe_nonfinite(bad)}; "
+                f"{affected_tasks(bad, self.tasks)}. Non-finite values so far: {self.nonfinite.describe_state()}. "
+                "Lower the learning rate or check the data of the named tasks, then resume from the last "
+                "checkpoint with --ckpt_path"
+            )
         # tensors and primitive values only: checkpoints stay loadable with weights_only=True
         checkpoint["mtlora"] = {"rng": capture_rng_state(), "nonfinite": self.nonfinite.state_dict()}
 
@@ -277,6 +314,16 @@ class MultiTaskModule(LightningModule):
             dict(self.hparams),
             strict=self._trainer is not None and self.strict_loading,
         )
+        bad = nonfinite_tensor_names(checkpoint.get("state_dict", {}))
+        if bad:
+            message = (
+                f"{path or 'checkpoint'}: {describe_nonfinite(bad)} ({affected_tasks(bad, self.tasks)}): it was "
+                "written by a run that had diverged"
+            )
+            stage = self._trainer.state.fn if self._trainer is not None else None
+            if stage in ("fit", "predict"):  # would train on, or write panels of, NaN
+                raise CheckpointError(f"{message}; resume or predict from an earlier checkpoint")
+            rank_zero_warn(f"{message}; its outputs and metrics will be NaN")
         extra = checkpoint.get("mtlora", {})
         self._rng_to_restore = extra.get("rng")
         self.nonfinite.load_state_dict(extra.get("nonfinite"))
@@ -285,6 +332,7 @@ class MultiTaskModule(LightningModule):
 
     def on_train_start(self) -> None:
         self.load_initial_weights()  # no-op after the sanity check or a restored checkpoint
+        self._guarded_buffers = None  # the strategy may have moved them to another device
         # after the sanity check, right before the first resumed step: same dropout/drop-path draws
         if self._rng_to_restore is not None:
             restore_rng_state(self._rng_to_restore, self.global_rank, self.trainer.world_size)

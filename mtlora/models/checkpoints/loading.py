@@ -27,6 +27,26 @@ log = logging.getLogger(__name__)
 Shape = tuple[int, ...]
 
 
+def nonfinite_tensor_names(tensors: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point tensors that hold a NaN or an infinite value (one host sync).
+
+    A diverged run leaves such tensors behind; loading or writing them only spreads the NaN to
+    every prediction, so loaders and checkpoint writers refuse them by name.
+    """
+    floats = [(k, v) for k, v in tensors.items() if isinstance(v, Tensor) and v.is_floating_point()]
+    if not floats:
+        return []
+    device = floats[0][1].device
+    finite = torch.stack([torch.isfinite(v).all().to(device) for _, v in floats]).tolist()
+    return [k for (k, _), ok in zip(floats, finite) if not ok]
+
+
+def describe_nonfinite(names: list[str], shown: int = 5) -> str:
+    """``"3 tensors hold NaN or infinite values (a, b, c)"`` for messages."""
+    more = f", ... and {len(names) - shown} more" if len(names) > shown else ""
+    return f"{len(names)} tensors hold NaN or infinite values ({', '.join(names[:shown])}{more})"
+
+
 @dataclass
 class Converted:
     """Output of a conversion: the renamed state dict, where each key came from, what was dropped."""
@@ -181,6 +201,12 @@ def apply_state_dict(
         if source != name:
             report.renamed[name] = source
     report.loaded = list(tensors)
+    bad = nonfinite_tensor_names(tensors)
+    if bad:
+        raise CheckpointError(
+            f"{report.source}: {describe_nonfinite(bad)}: it was written by a run that had diverged; "
+            "use an earlier checkpoint"
+        )
     for name in targets:
         if name in tensors or any(m[0] == name for m in report.mismatched):
             continue
