@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from mtlora.checkpointing import config_differences
 from mtlora.models.checkpoints import CheckpointError, LoadReport
 from mtlora.models.checkpoints.loading import Converted, apply_state_dict
-from mtlora.models.checkpoints.serialization import _existing_file
+from mtlora.models.checkpoints.serialization import _existing_file, _sniff, not_a
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,8 @@ def read_adapters(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str,
     from safetensors import SafetensorError, safe_open
 
     p = _existing_file(path)
+    if _sniff(p) != "safetensors":
+        raise not_a(p, "an mtlora adapter file (safetensors)")
     try:
         with safe_open(str(p), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})

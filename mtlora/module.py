@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import asdict, fields, is_dataclass
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ from torch.optim.optimizer import _get_fused_kernels_supported_devices
 from mtlora.checkpointing import (
     capture_rng_state,
     check_checkpoint_fits,
+    load_lightning_checkpoint,
     restore_rng_state,
     warn_epoch_end_resume_with_max_steps,
 )
@@ -159,6 +161,21 @@ class MultiTaskModule(LightningModule):
         self._rng_to_restore: dict | None = None
         self.nonfinite = NonFiniteGuard(self.tasks, max_nonfinite_steps)
         self._guarded_buffers: list[Tensor] | None = None  # found again when training starts
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> MultiTaskModule:
+        """Lightning's, but a missing, truncated, corrupt, foreign or unsafe local file fails naming it."""
+        try:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        except (CheckpointError, FileNotFoundError):
+            raise
+        except Exception:
+            if isinstance(checkpoint_path, (str, os.PathLike)) and "://" not in str(checkpoint_path):
+                # reads the file the way every other loader does: raises the named error if it is the file
+                load_lightning_checkpoint(
+                    checkpoint_path, weights_only=kwargs.get("weights_only") is not False
+                )
+            raise
 
     # ------------------------------------------------------------------ metrics plumbing
     def _build_metrics(self, task_channels: dict[str, int]) -> None:

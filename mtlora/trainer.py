@@ -237,14 +237,9 @@ class MTLoRATrainer(Trainer):
             out: adapter file to write (``.safetensors``).
         """
         from mtlora.adapters_io import save_adapters
-        from mtlora.checkpointing import load_lightning_checkpoint
         from mtlora.module import MultiTaskModule
 
-        try:
-            loaded = MultiTaskModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception:
-            load_lightning_checkpoint(ckpt_path)  # names the file: missing, truncated, corrupt, unsafe
-            raise
+        loaded = MultiTaskModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
         metadata = save_adapters(loaded.model, out)
         size = Path(out).stat().st_size
         trainable = int(metadata["trainable_parameters"])
