@@ -233,3 +233,16 @@ def test_non_finite_state_is_never_written_and_not_predicted_from(tmp_path):
         Trainer(**quiet, limit_predict_batches=1).predict(module, dm, ckpt_path=bad)
     with pytest.warns(UserWarning, match=r"1 tensors hold NaN or infinite values .* metrics will be NaN"):
         Trainer(**quiet, limit_val_batches=1).validate(module, dm, ckpt_path=bad)
+
+
+def test_nonfinite_tensor_names_is_exact():
+    from mtlora.models.checkpoints.loading import nonfinite_tensor_names
+
+    state = {
+        "huge": torch.full((4,), 1e30),  # finite, though its norm overflows float32
+        "nan": torch.tensor([0.0, math.nan]),
+        "inf": torch.tensor([-math.inf]),
+        "steps": torch.tensor(3),  # integer tensors are never non-finite
+        "fine": torch.randn(3, 3),
+    }
+    assert nonfinite_tensor_names(state) == ["nan", "inf"]
