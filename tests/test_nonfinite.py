@@ -13,6 +13,7 @@ from mtlora.data import SyntheticDataModule
 from mtlora.models.checkpoints import CheckpointError
 from mtlora.module import MultiTaskModule
 from mtlora.nonfinite import NonFiniteGuard, NonFiniteStepsError
+from mtlora.trainer import MTLoRATrainer
 
 from conftest import tiny_encoder
 
@@ -233,6 +234,12 @@ def test_non_finite_state_is_never_written_and_not_predicted_from(tmp_path):
         Trainer(**quiet, limit_predict_batches=1).predict(module, dm, ckpt_path=bad)
     with pytest.warns(UserWarning, match=r"1 tensors hold NaN or infinite values .* metrics will be NaN"):
         Trainer(**quiet, limit_val_batches=1).validate(module, dm, ckpt_path=bad)
+    with (
+        pytest.warns(UserWarning, match="diverged"),
+        pytest.raises(CheckpointError, match="export an earlier"),
+    ):
+        MTLoRATrainer(**quiet).export_adapters(module, str(bad), out=str(tmp_path / "a.safetensors"))
+    assert not (tmp_path / "a.safetensors").exists()
 
 
 def test_nonfinite_tensor_names_is_exact():
