@@ -33,7 +33,11 @@ def nonfinite_tensor_names(tensors: Mapping[str, Any]) -> list[str]:
     A diverged run leaves such tensors behind; loading or writing them only spreads the NaN to
     every prediction, so loaders and checkpoint writers refuse them by name.
     """
-    floats = [(k, v) for k, v in tensors.items() if isinstance(v, Tensor) and v.is_floating_point()]
+    floats = [
+        (k, v)
+        for k, v in tensors.items()
+        if isinstance(v, Tensor) and v.is_floating_point() and not v.is_meta  # meta: shapes only
+    ]
     if not floats:
         return []
     # one fused norm pass (20x faster than isfinite on a CPU); a norm can also overflow for huge
