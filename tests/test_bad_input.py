@@ -73,6 +73,7 @@ def trained_ckpt(tmp_path_factory) -> Path:
             r"encoder.drop_path_rate must be a finite number >= 0 and < 1",
         ),
         ("--model.encoder.window_size", "0", r"encoder.window_size must be an integer > 0, got 0"),
+        ("--model.decoder.channels", "[18, 0, 72, 144]", r"decoder.channels must be an integer > 0, got 0"),
         (
             "--model.adapter.shared_rank",
             "[4, 4]",

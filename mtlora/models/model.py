@@ -98,6 +98,8 @@ class MultiTaskModel(nn.Module):
         self.encoder_config = encoder or EncoderConfig()
         self.adapter_config = adapter or AdapterConfig()
         self.decoder_config = decoder or DecoderConfig()
+        for width in self.decoder_config.channels:
+            check_number("decoder.channels", width, above=0, integer=True)
         self.backbone = SwinEncoder(self.encoder_config.swin_config())
         if load_pretrained and self.encoder_config.pretrained:
             self.load_pretrained()
