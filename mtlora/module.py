@@ -14,7 +14,6 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
@@ -27,10 +26,9 @@ from mtlora.checkpointing import (
 )
 from mtlora.losses import MultiTaskLoss
 from mtlora.models.checkpoints import CheckpointError
-from mtlora.models.checkpoints.loading import describe_nonfinite, nonfinite_tensor_names
 from mtlora.models.model import DecoderConfig, EncoderConfig, MultiTaskModel, parameter_counts
 from mtlora.models.plans import AdapterConfig
-from mtlora.nonfinite import NonFiniteGuard, NonFiniteStepsError, affected_tasks, persistent_buffers
+from mtlora.nonfinite import NonFiniteGuard, check_loaded_state, persistent_buffers
 from mtlora.options import check_number
 from mtlora.weighting import build_weighting
 
@@ -308,15 +306,7 @@ class MultiTaskModule(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # before anything is written: a non-finite state never replaces a finite checkpoint
-        bad = nonfinite_tensor_names(checkpoint["state_dict"])
-        if bad:
-            raise NonFiniteStepsError(
-                f"training stopped at step {self.trainer.global_step}: the model state is not finite, "
-                f"so no checkpoint was written and the earlier ones are kept. {describe_nonfinite(bad)}; "
-                f"{affected_tasks(bad, self.tasks)}. Non-finite values so far: {self.nonfinite.describe_state()}. "
-                "Lower the learning rate or check the data of the named tasks, then resume from the last "
-                "checkpoint with --ckpt_path"
-            )
+        self.nonfinite.check_state_to_save(checkpoint["state_dict"], self.trainer.global_step)
         # tensors and primitive values only: checkpoints stay loadable with weights_only=True
         checkpoint["mtlora"] = {"rng": capture_rng_state(), "nonfinite": self.nonfinite.state_dict()}
 
@@ -331,16 +321,14 @@ class MultiTaskModule(LightningModule):
             dict(self.hparams),
             strict=self._trainer is not None and self.strict_loading,
         )
-        bad = nonfinite_tensor_names(checkpoint.get("state_dict", {}))
-        if bad:
-            message = (
-                f"{path or 'checkpoint'}: {describe_nonfinite(bad)} ({affected_tasks(bad, self.tasks)}): it was "
-                "written by a run that had diverged"
-            )
-            stage = self._trainer.state.fn if self._trainer is not None else None
-            if stage in ("fit", "predict"):  # would train on, or write panels of, NaN
-                raise CheckpointError(f"{message}; resume or predict from an earlier checkpoint")
-            rank_zero_warn(f"{message}; its outputs and metrics will be NaN")
+        stage = self._trainer.state.fn if self._trainer is not None else None
+        # training on, or writing panels of, NaN is refused; validate/test/export only warn here
+        check_loaded_state(
+            checkpoint.get("state_dict", {}),
+            str(path or "checkpoint"),
+            self.tasks,
+            stage in ("fit", "predict"),
+        )
         extra = checkpoint.get("mtlora", {})
         self._rng_to_restore = extra.get("rng")
         self.nonfinite.load_state_dict(extra.get("nonfinite"))

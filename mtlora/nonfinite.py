@@ -29,6 +29,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from mtlora.models.checkpoints import CheckpointError
+from mtlora.models.checkpoints.loading import describe_nonfinite, nonfinite_tensor_names
+
 log = logging.getLogger(__name__)
 
 
@@ -49,6 +52,17 @@ def affected_tasks(names: list[str], tasks: list[str]) -> str:
         return f"the shared encoder, so every task ({', '.join(tasks)})"
     hit = [t for t in tasks if any(f".{t}." in f".{n}." for n in names)]
     return f"tasks affected: {', '.join(hit) or 'none by name'}"
+
+
+def check_loaded_state(state: Mapping[str, Tensor], source: str, tasks: list[str], refuse: bool) -> None:
+    """Refuse (``refuse``) or warn about a checkpoint holding NaN/inf tensors, naming them and the tasks."""
+    bad = nonfinite_tensor_names(state)
+    if not bad:
+        return
+    message = f"{source}: {describe_nonfinite(bad)} ({affected_tasks(bad, tasks)}): it was written by a run that had diverged"
+    if refuse:
+        raise CheckpointError(f"{message}; resume or predict from an earlier checkpoint")
+    rank_zero_warn(f"{message}; its outputs and metrics will be NaN")
 
 
 class NonFiniteStepsError(RuntimeError):
@@ -190,9 +204,18 @@ class NonFiniteGuard:
             parts.append(f"{counts[n + 1]} steps with non-finite gradients or buffers but finite losses")
         return f"{'; '.join(parts) or 'none'}; {counts[-1]} optimizer steps skipped"
 
-    def describe_state(self) -> str:
-        """:meth:`describe` of the current counters (a host sync)."""
-        return self.describe(self.counts.tolist() if self.counts is not None else self._reported)
+    def check_state_to_save(self, state: Mapping[str, Tensor], step: int) -> None:
+        """Raise before a checkpoint is written from a non-finite state (one host sync per save)."""
+        bad = nonfinite_tensor_names(state)
+        if bad:
+            counts = self.counts.tolist() if self.counts is not None else self._reported
+            raise NonFiniteStepsError(
+                f"training stopped at step {step}: the model state is not finite, so no checkpoint was "
+                f"written and the earlier ones are kept. {describe_nonfinite(bad)}; "
+                f"{affected_tasks(bad, self.tasks)}. Non-finite values so far: {self.describe(counts)}. "
+                "Lower the learning rate or check the data of the named tasks, then resume from the last "
+                "checkpoint with --ckpt_path"
+            )
 
     def state_dict(self) -> dict[str, Any]:
         """Counters as primitive values (a host sync, at checkpoint time only)."""
