@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from mtlora.checkpointing import config_differences
 from mtlora.models.checkpoints import CheckpointError, LoadReport
-from mtlora.models.checkpoints.loading import Converted, apply_state_dict
+from mtlora.models.checkpoints.loading import Converted, apply_state_dict, refuse_nonfinite
 from mtlora.models.checkpoints.serialization import _existing_file, _sniff, not_a
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ def save_adapters(model: nn.Module, path: str | os.PathLike) -> dict[str, str]:
     from safetensors.torch import save_file
 
     tensors = adapter_state_dict(model)
+    refuse_nonfinite(tensors, path)
     config = _config(model)
     metadata = {
         "format": FORMAT,

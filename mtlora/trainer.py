@@ -17,19 +17,6 @@ BenchVariant = Literal[
 log = logging.getLogger(__name__)
 
 
-def _finite_module(ckpt_path: str) -> LightningModule:
-    """The checkpoint's module for export; a diverged (NaN/inf) checkpoint is refused, not exported."""
-    from mtlora.models.checkpoints import CheckpointError
-    from mtlora.models.checkpoints.loading import describe_nonfinite, nonfinite_tensor_names
-    from mtlora.module import MultiTaskModule
-
-    loaded = MultiTaskModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
-    bad = nonfinite_tensor_names(loaded.state_dict())
-    if bad:
-        raise CheckpointError(f"{ckpt_path}: {describe_nonfinite(bad)}; export an earlier checkpoint")
-    return loaded
-
-
 class MTLoRATrainer(Trainer):
     """Lightning's Trainer plus ``summary`` (and the other library subcommands)."""
 
@@ -213,8 +200,9 @@ class MTLoRATrainer(Trainer):
                 alone (``torch.export.load(path).module()(images)``).
         """
         from mtlora.export import export_model
+        from mtlora.module import MultiTaskModule
 
-        loaded = _finite_module(ckpt_path)
+        loaded = MultiTaskModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
         if list(loaded.tasks) != list(model.tasks):
             log.warning(
                 "checkpoint tasks %s differ from the config's %s; exporting the checkpoint's",
@@ -249,8 +237,9 @@ class MTLoRATrainer(Trainer):
             out: adapter file to write (``.safetensors``).
         """
         from mtlora.adapters_io import save_adapters
+        from mtlora.module import MultiTaskModule
 
-        loaded = _finite_module(ckpt_path)
+        loaded = MultiTaskModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
         metadata = save_adapters(loaded.model, out)
         size = Path(out).stat().st_size
         trainable = int(metadata["trainable_parameters"])

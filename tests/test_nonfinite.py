@@ -236,10 +236,17 @@ def test_non_finite_state_is_never_written_and_not_predicted_from(tmp_path):
         Trainer(**quiet, limit_val_batches=1).validate(module, dm, ckpt_path=bad)
     with (
         pytest.warns(UserWarning, match="diverged"),
-        pytest.raises(CheckpointError, match="export an earlier"),
+        pytest.raises(CheckpointError, match="was not written: 1 tensors hold NaN.*export an earlier"),
     ):
         MTLoRATrainer(**quiet).export_adapters(module, str(bad), out=str(tmp_path / "a.safetensors"))
     assert not (tmp_path / "a.safetensors").exists()
+    from mtlora.export import export_model
+
+    with pytest.warns(UserWarning, match="diverged"):
+        diverged = MultiTaskModule.load_from_checkpoint(bad, weights_only=True).model
+    with pytest.raises(CheckpointError, match="was not written: 1 tensors hold NaN"):
+        export_model(diverged, tmp_path / "export", program=False)
+    assert not (tmp_path / "export").exists()
 
 
 def test_nonfinite_tensor_names_is_exact():

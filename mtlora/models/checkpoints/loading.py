@@ -48,6 +48,16 @@ def nonfinite_tensor_names(tensors: Mapping[str, Any]) -> list[str]:
     return [floats[i][0] for i in flagged if not bool(torch.isfinite(floats[i][1]).all())]
 
 
+def refuse_nonfinite(tensors: Mapping[str, Any], target: Any) -> None:
+    """Raise before ``target`` is written from tensors holding NaN/inf (a diverged model)."""
+    bad = nonfinite_tensor_names(tensors)
+    if bad:
+        raise CheckpointError(
+            f"{target} was not written: {describe_nonfinite(bad)}; the model had diverged, export an "
+            "earlier checkpoint"
+        )
+
+
 def describe_nonfinite(names: list[str], shown: int = 5) -> str:
     """``"3 tensors hold NaN or infinite values (a, b, c)"`` for messages."""
     more = f", ... and {len(names) - shown} more" if len(names) > shown else ""
