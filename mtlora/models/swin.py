@@ -97,7 +97,10 @@ class SwinConfig:
 
     def working_img_sizes_near(self, img_size: int, count: int = 2) -> list[int]:
         """Up to ``count`` working sizes below and above ``img_size`` (each one builds an encoder)."""
-        fits = lambda size: size > 0 and not isinstance(self._stage_resolutions(size), str)  # noqa: E731
+
+        def fits(size: int) -> bool:
+            return size > 0 and not isinstance(self._stage_resolutions(size), str)
+
         # a multiple of patch * 2^(stages-1) * window always fits: the search ends within one such step
         step = self.patch_size * 2 ** (len(self.depths) - 1) * self.window_size
         below = [s for s in range(img_size - 1, max(0, img_size - step) - 1, -1) if fits(s)][:count]

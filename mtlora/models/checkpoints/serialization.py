@@ -308,9 +308,8 @@ def _torch_load(path: Path, *, weights_only: bool, pickle_module: Any = None) ->
     if pickle_module is not None:
         kwargs["pickle_module"] = pickle_module
     try:
-        with path.open(
-            "rb"
-        ) as f:  # a file object: torch.load would treat a *.safetensors name as safetensors
+        # a file object: torch.load would read a file named *.safetensors as safetensors
+        with path.open("rb") as f:
             return torch.load(f, **kwargs)
     except UnsafeCheckpointError as e:
         raise UnsafeCheckpointError(f"{path}: {e}") from None
