@@ -34,8 +34,8 @@ from torch import Tensor, nn
 from mtlora.checkpointing import config_differences
 from mtlora.io.atomic import write_atomic
 from mtlora.models.checkpoints import CheckpointError, LoadReport
-from mtlora.models.checkpoints.loading import Converted, apply_state_dict
-from mtlora.models.checkpoints.serialization import _existing_file
+from mtlora.models.checkpoints.loading import Converted, apply_state_dict, refuse_nonfinite
+from mtlora.models.checkpoints.serialization import _existing_file, _sniff, not_a
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,7 @@ def save_adapters(model: nn.Module, path: str | os.PathLike) -> dict[str, str]:
     from safetensors.torch import save_file
 
     tensors = adapter_state_dict(model)
+    refuse_nonfinite(tensors, path)
     config = _config(model)
     metadata = {
         "format": FORMAT,
@@ -123,6 +124,8 @@ def read_adapters(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str,
     from safetensors import SafetensorError, safe_open
 
     p = _existing_file(path)
+    if _sniff(p) != "safetensors":
+        raise not_a(p, "an mtlora adapter file (safetensors)")
     try:
         with safe_open(str(p), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})

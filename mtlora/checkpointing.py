@@ -40,6 +40,7 @@ from mtlora.models.checkpoints.serialization import (
     _existing_file,
     _sniff,
     _unreadable,
+    not_a,
 )
 
 log = logging.getLogger(__name__)
@@ -110,11 +111,10 @@ def load_lightning_checkpoint(
     if kind == "zip":
         _check_zip(p)
     elif kind != "pickle":
-        raise CheckpointError(
-            f"{p} is not a Lightning/torch checkpoint ({kind} file): truncated, corrupt or another format"
-        )
+        raise not_a(p, "a Lightning checkpoint")
     try:
-        checkpoint = torch.load(p, map_location=map_location, weights_only=weights_only)
+        with p.open("rb") as f:  # a file object: torch.load would read a *.safetensors name as safetensors
+            checkpoint = torch.load(f, map_location=map_location, weights_only=weights_only)
     except pickle.UnpicklingError as e:
         if not weights_only:
             raise _unreadable(p, e) from e

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from mtlora.io.atomic import write_atomic, write_text_atomic
+from mtlora.models.checkpoints.loading import refuse_nonfinite
 from mtlora.models.merging import MergeReport, merge_model
 from mtlora.models.model import DecoderConfig, EncoderConfig, MultiTaskModel
 from mtlora.models.plans import AdapterConfig
@@ -67,6 +68,7 @@ def export_model(model: MultiTaskModel, out_dir: str | Path, program: bool = Tru
     """
     from safetensors.torch import save_file
 
+    refuse_nonfinite(model.state_dict(), out_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     merged, report = merged_copy(model)  # a copy: ``model`` keeps its device, dtype and weights

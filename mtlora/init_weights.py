@@ -78,3 +78,19 @@ def load_init_weights(model: nn.Module, spec: str) -> LoadReport:
         report = load_official_mtlora_checkpoint(path, model)
     log.info("initial weights from %s (%s): %d tensors", path, kind, len(report.loaded))
     return report
+
+
+def load_run_weights(model: nn.Module, pretrained: str | None, init_weights: str | None) -> list[LoadReport]:
+    """Load the weights a run starts from: ``encoder.pretrained``, then ``init_weights`` on top.
+
+    The one place that decides what a run starts from, so that ``fit``/``validate``/... and the
+    task-similarity analysis (which must look at the same network ``fit`` would train) agree.
+    A full-model ``init_weights`` file (official or Lightning) replaces the pretrained encoder,
+    so it is then not read at all; an adapter file holds no base weights and goes on top of it.
+    """
+    reports = []
+    if pretrained and (init_weights is None or needs_pretrained_base(init_weights)):
+        reports.append(model.load_pretrained(pretrained))
+    if init_weights:
+        reports.append(load_init_weights(model, init_weights))
+    return reports

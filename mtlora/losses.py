@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlora.options import check_number
 from mtlora.tasks import IGNORE_INDEX, task_info
 
 
@@ -124,6 +125,8 @@ class MultiTaskLoss(nn.Module):
         unknown = set(weights) - set(tasks)
         if unknown:
             raise ValueError(f"loss_weights names tasks that are not trained: {sorted(unknown)}")
+        for task, weight in weights.items():  # a negative weight would train the task backwards
+            check_number(f"model.loss_weights.{task}", weight, minimum=0)
         self.tasks = list(tasks)
         self.weights = {t: float(weights.get(t, task_info(t).loss_weight)) for t in self.tasks}
 

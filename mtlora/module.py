@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import asdict, fields, is_dataclass
 from typing import Any, Literal
 
@@ -19,13 +20,16 @@ from torch.optim.optimizer import _get_fused_kernels_supported_devices
 from mtlora.checkpointing import (
     capture_rng_state,
     check_checkpoint_fits,
+    load_lightning_checkpoint,
     restore_rng_state,
     warn_epoch_end_resume_with_max_steps,
 )
 from mtlora.losses import MultiTaskLoss
+from mtlora.models.checkpoints import CheckpointError
 from mtlora.models.model import DecoderConfig, EncoderConfig, MultiTaskModel, parameter_counts
 from mtlora.models.plans import AdapterConfig
-from mtlora.nonfinite import NonFiniteGuard
+from mtlora.nonfinite import NonFiniteGuard, check_loaded_state, persistent_buffers
+from mtlora.options import check_number
 from mtlora.weighting import build_weighting
 
 log = logging.getLogger(__name__)
@@ -88,7 +92,7 @@ class MultiTaskModule(LightningModule):
             weights); see :mod:`mtlora.weighting`. Logged as ``train/weight/<task>``.
         compile: compile the model's forward with ``torch.compile(fullgraph=True)`` when the
             Trainer sets the module up (in place: checkpoint keys are unchanged).
-        init_weights: initial weights loaded in ``setup()`` when no ``--ckpt_path`` is given:
+        init_weights: initial weights loaded when a loop starts, unless ``--ckpt_path`` is given:
             an official MTLoRA checkpoint, an adapter-only ``.safetensors`` file (loaded on top of
             ``encoder.pretrained``) or a Lightning ``.ckpt`` (model weights only); prefix
             ``official:``/``adapters:``/``lightning:`` to force the kind (:mod:`mtlora.init_weights`).
@@ -123,6 +127,18 @@ class MultiTaskModule(LightningModule):
             raise ValueError(
                 "model.task_channels is empty: give the data module's tasks (the CLI links them)"
             )
+        for option, value, bounds in (
+            ("lr", lr, {"above": 0}),
+            ("warmup_lr", warmup_lr, {"minimum": 0}),
+            ("min_lr", min_lr, {"minimum": 0}),
+            ("warmup_epochs", warmup_epochs, {"minimum": 0}),
+            ("weight_decay", weight_decay, {"minimum": 0}),
+            ("edge_max_dist", edge_max_dist, {"above": 0, "below": 1}),
+            ("batch_size", batch_size, {"above": 0, "integer": True}),
+        ):
+            check_number(f"model.{option}", value, **bounds)
+        if lr_reference_batch is not None:
+            check_number("model.lr_reference_batch", lr_reference_batch, above=0, integer=True)
         encoder = as_config(EncoderConfig, encoder)
         adapter = as_config(AdapterConfig, adapter)
         decoder = as_config(DecoderConfig, decoder)
@@ -130,8 +146,8 @@ class MultiTaskModule(LightningModule):
         # checkpoints keep plain dicts so they load with torch's weights-only unpickler
         self.hparams.update(encoder=asdict(encoder), adapter=asdict(adapter), decoder=asdict(decoder))
         self.tasks = list(task_channels)
-        # ImageNet weights are loaded in setup(), so that building the module (summary,
-        # load_from_checkpoint, resume) never downloads weights a checkpoint replaces anyway
+        # ImageNet weights are loaded by load_initial_weights(), so that building the module
+        # (summary, load_from_checkpoint, resume) never downloads weights a checkpoint replaces
         self.model = MultiTaskModel(dict(task_channels), encoder, adapter, decoder, load_pretrained=False)
         self._pretrained_pending = bool(encoder.pretrained)
         self.criterion = MultiTaskLoss(self.tasks, loss_weights)
@@ -143,6 +159,22 @@ class MultiTaskModule(LightningModule):
         self._rng_to_restore: dict | None = None
         self.nonfinite = NonFiniteGuard(self.tasks, max_nonfinite_steps)
         self._labelled: Tensor | None = None
+        self._guarded_buffers: list[Tensor] | None = None  # found again when training starts
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> MultiTaskModule:
+        """Lightning's, but a missing, truncated, corrupt, foreign or unsafe local file fails naming it."""
+        try:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        except (CheckpointError, FileNotFoundError):
+            raise
+        except Exception:
+            if isinstance(checkpoint_path, (str, os.PathLike)) and "://" not in str(checkpoint_path):
+                # reads the file the way every other loader does: raises the named error if it is the file
+                load_lightning_checkpoint(
+                    checkpoint_path, weights_only=kwargs.get("weights_only") is not False
+                )
+            raise
 
     # ------------------------------------------------------------------ metrics plumbing
     def _build_metrics(self, task_channels: dict[str, int]) -> None:
@@ -156,18 +188,20 @@ class MultiTaskModule(LightningModule):
             )
             self.eval_losses[stage] = LossMean(list(task_channels))
 
-    def setup(self, stage: str) -> None:
-        from mtlora.init_weights import load_init_weights, needs_pretrained_base
+    def load_initial_weights(self) -> None:
+        """Load ``encoder.pretrained`` and ``init_weights`` once, unless a checkpoint was restored.
 
-        resuming = self.trainer.ckpt_path is not None
-        init = None if resuming else self._init_weights_pending
-        # full-model files replace the pretrained encoder anyway; adapter files go on top of it
-        if self._pretrained_pending and not resuming and (init is None or needs_pretrained_base(init)):
-            self.model.load_pretrained()
-        if init:
-            load_init_weights(self.model, init)
+        Called when a loop starts (after Lightning restored ``--ckpt_path``, whose
+        ``on_load_checkpoint`` cancels it: the checkpoint holds every weight, and the initial
+        files may be offline or moved by then) and by ``mtlora similarity``.  It cannot run in
+        ``setup()``: Lightning sets ``trainer.ckpt_path`` only after that hook.
+        """
+        from mtlora.init_weights import load_run_weights
+
+        pretrained = self.model.encoder_config.pretrained if self._pretrained_pending else None
+        init, self._init_weights_pending = self._init_weights_pending, None
         self._pretrained_pending = False
-        self._init_weights_pending = None
+        load_run_weights(self.model, pretrained, init)
 
     def configure_model(self) -> None:
         # nn.Module.compile wraps the call, not the module, so parameter names stay the same
@@ -272,6 +306,13 @@ class MultiTaskModule(LightningModule):
             )
 
     # ------------------------------------------------------------------ reliability
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # BatchNorm statistics and loss-weighting sums change in the forward: keep a copy to put
+        # back if the step turns out non-finite (mtlora.nonfinite)
+        if self._guarded_buffers is None:
+            self._guarded_buffers = persistent_buffers(self.model, self.weighting)
+        self.nonfinite.snapshot_buffers(self._guarded_buffers)
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
             mode = "count_only"  # 16-mixed: the GradScaler skips non-finite steps itself
@@ -290,7 +331,12 @@ class MultiTaskModule(LightningModule):
         last = (getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")) or None
         self.nonfinite.check(self.trainer.global_step, last)
 
+    def on_train_end(self) -> None:
+        self._check_nonfinite()  # the last steps may fall between two logging intervals
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # before anything is written: a non-finite state never replaces a finite checkpoint
+        self.nonfinite.check_state_to_save(checkpoint["state_dict"], self.trainer.global_step)
         # tensors and primitive values only: checkpoints stay loadable with weights_only=True
         checkpoint["mtlora"] = {"rng": capture_rng_state(), "nonfinite": self.nonfinite.state_dict()}
 
@@ -305,6 +351,14 @@ class MultiTaskModule(LightningModule):
             dict(self.hparams),
             strict=self._trainer is not None and self.strict_loading,
         )
+        stage = self._trainer.state.fn if self._trainer is not None else None
+        # training on, or writing panels of, NaN is refused; validate/test/export only warn here
+        check_loaded_state(
+            checkpoint.get("state_dict", {}),
+            str(path or "checkpoint"),
+            self.tasks,
+            stage in ("fit", "predict"),
+        )
         extra = checkpoint.get("mtlora", {})
         self._rng_to_restore = extra.get("rng")
         self.nonfinite.load_state_dict(extra.get("nonfinite"))
@@ -312,12 +366,23 @@ class MultiTaskModule(LightningModule):
         self._init_weights_pending = None
 
     def on_train_start(self) -> None:
+        self.load_initial_weights()  # no-op after the sanity check or a restored checkpoint
+        self._guarded_buffers = None  # the strategy may have moved them to another device
         # after the sanity check, right before the first resumed step: same dropout/drop-path draws
         if self._rng_to_restore is not None:
             restore_rng_state(self._rng_to_restore, self.global_rank, self.trainer.world_size)
             self._rng_to_restore = None
         if self.trainer.ckpt_path is not None:
             warn_epoch_end_resume_with_max_steps(self.trainer)
+
+    def on_validation_start(self) -> None:
+        self.load_initial_weights()  # the sanity check is the first loop of a fit
+
+    def on_test_start(self) -> None:
+        self.load_initial_weights()
+
+    def on_predict_start(self) -> None:
+        self.load_initial_weights()
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")

@@ -7,7 +7,10 @@ the update on the device and rolls its step counter back (the mechanism ``torch.
 uses).  The host reads the counters only every ``log_every_n_steps`` steps and at epoch end,
 where Lightning synchronises for logging anyway: it warns naming the tasks and counts, and stops
 the run when more than ``max_steps`` steps were skipped in total.  Skipped steps leave the weights
-and the optimizer state untouched, so every checkpoint on disk stays finite.
+and the optimizer state untouched.  Buffers change in the forward pass already (BatchNorm running
+statistics, loss-weighting sums), before anyone knows the step is bad: they are copied when an
+optimizer step's first micro-batch starts and put back on the device when the step is skipped
+(or when a buffer itself became non-finite), so a NaN forward changes nothing at all.
 
 * Under ``16-mixed`` precision the GradScaler owns ``found_inf`` (it skips steps whose gradients
   are non-finite and lowers its scale); the guard then only counts and reports.
@@ -26,7 +29,40 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from mtlora.models.checkpoints import CheckpointError
+from mtlora.models.checkpoints.loading import describe_nonfinite, nonfinite_tensor_names
+
 log = logging.getLogger(__name__)
+
+
+def persistent_buffers(*modules: torch.nn.Module) -> list[Tensor]:
+    """The buffers a checkpoint stores (BatchNorm statistics, ...), not the recomputed ones (masks)."""
+    return [
+        b
+        for part in modules
+        for m in part.modules()
+        for name, b in m._buffers.items()
+        if b is not None and name not in m._non_persistent_buffers_set
+    ]
+
+
+def affected_tasks(names: list[str], tasks: list[str]) -> str:
+    """Which tasks the named state tensors feed: ``"tasks affected: sal"``, or all via the encoder."""
+    if any(".backbone." in f".{n}" for n in names):
+        return f"the shared encoder, so every task ({', '.join(tasks)})"
+    hit = [t for t in tasks if any(f".{t}." in f".{n}." for n in names)]
+    return f"tasks affected: {', '.join(hit) or 'none by name'}"
+
+
+def check_loaded_state(state: Mapping[str, Tensor], source: str, tasks: list[str], refuse: bool) -> None:
+    """Refuse (``refuse``) or warn about a checkpoint holding NaN/inf tensors, naming them and the tasks."""
+    bad = nonfinite_tensor_names(state)
+    if not bad:
+        return
+    message = f"{source}: {describe_nonfinite(bad)} ({affected_tasks(bad, tasks)}): it was written by a run that had diverged"
+    if refuse:
+        raise CheckpointError(f"{message}; resume or predict from an earlier checkpoint")
+    rank_zero_warn(f"{message}; its outputs and metrics will be NaN")
 
 
 class NonFiniteStepsError(RuntimeError):
@@ -48,9 +84,11 @@ class NonFiniteGuard:
         self.tasks = list(tasks)
         self.max_steps = max_steps
         # one int64 vector so the host reads everything with a single copy:
-        # [steps with a non-finite loss per task..., combined loss only, gradients only, skipped steps]
+        # [steps with a non-finite loss per task..., combined loss only, gradients/buffers only, skipped steps]
         self.counts: Tensor | None = None
         self.pending: Tensor | None = None  # () bool: a non-finite loss since the last optimizer step
+        self._buffers: list[Tensor] = []  # the module's buffers, and their copies from before the step
+        self._saved: list[Tensor] | None = None
         self._reported = [0] * (len(self.tasks) + 3)
 
     def _ensure(self, device: torch.device) -> None:
@@ -68,6 +106,30 @@ class NonFiniteGuard:
         self.counts[:n] += bad
         self.counts[n] += total_bad & ~any_bad
         self.pending |= total_bad | any_bad
+
+    def snapshot_buffers(self, buffers: list[Tensor]) -> None:
+        """Copy ``buffers`` before the first forward of an optimizer step (device copies, no sync)."""
+        if self._saved is None:  # later micro-batches of an accumulated step keep the first copy
+            self._buffers = list(buffers)
+            self._saved = [b.detach().clone() for b in self._buffers]
+
+    def _buffers_bad(self, like: Tensor) -> Tensor:
+        """() bool on ``like``'s device: a buffer became NaN/inf during this step's forwards."""
+        floats = [b for b in self._buffers if b.is_floating_point()]
+        if self._saved is None or not floats:
+            return torch.zeros_like(like)
+        zeros = torch._foreach_norm(torch._foreach_mul(floats, 0.0))  # x*0: 0 if finite, else NaN
+        return ~torch.isfinite(torch.stack([z.to(like.device) for z in zeros])).all()
+
+    def _restore_buffers(self, skip: Tensor) -> None:
+        """Put the buffers back to their copies where ``skip`` is set (device ops, no sync)."""
+        buffers, saved = self._buffers, self._saved
+        self._buffers, self._saved = [], None
+        if saved is None:
+            return
+        with torch.no_grad():
+            for buffer, before in zip(buffers, saved):
+                buffer.copy_(torch.where(skip.to(buffer.device), before, buffer))
 
     def before_optimizer_step(
         self, optimizer: torch.optim.Optimizer, mode: str, reduce: Callable[[Tensor], Tensor] | None = None
@@ -89,14 +151,17 @@ class NonFiniteGuard:
         loss_bad = self.pending.clone()
         self.pending.zero_()
         if mode == "count_only":
+            # the GradScaler skips the weights, not the buffers the forward already changed
+            self._restore_buffers(loss_bad | self._buffers_bad(loss_bad))
             return
-        grad_bad = torch.zeros_like(loss_bad)
+        grad_bad = self._buffers_bad(loss_bad)
         if grads:
             norms = torch._foreach_norm(grads)  # one fused pass; a NaN/inf element makes its norm non-finite
-            grad_bad = ~torch.isfinite(torch.stack([v.to(loss_bad.device) for v in norms])).all()
+            grad_bad |= ~torch.isfinite(torch.stack([v.to(loss_bad.device) for v in norms])).all()
         flag = loss_bad | grad_bad
         if reduce is not None:
             flag = reduce(flag.float()) > 0
+        self._restore_buffers(flag)
         self.counts[-2] += grad_bad & ~loss_bad
         self.counts[-1] += flag
         if mode == "found_inf":
@@ -136,8 +201,21 @@ class NonFiniteGuard:
                 f"{counts[n]} steps with a non-finite combined loss but finite task losses (loss weighting)"
             )
         if counts[n + 1]:
-            parts.append(f"{counts[n + 1]} steps with non-finite gradients but finite losses")
+            parts.append(f"{counts[n + 1]} steps with non-finite gradients or buffers but finite losses")
         return f"{'; '.join(parts) or 'none'}; {counts[-1]} optimizer steps skipped"
+
+    def check_state_to_save(self, state: Mapping[str, Tensor], step: int) -> None:
+        """Raise before a checkpoint is written from a non-finite state (one host sync per save)."""
+        bad = nonfinite_tensor_names(state)
+        if bad:
+            counts = self.counts.tolist() if self.counts is not None else self._reported
+            raise NonFiniteStepsError(
+                f"training stopped at step {step}: the model state is not finite, so no checkpoint was "
+                f"written and the earlier ones are kept. {describe_nonfinite(bad)}; "
+                f"{affected_tasks(bad, self.tasks)}. Non-finite values so far: {self.describe(counts)}. "
+                "Lower the learning rate or check the data of the named tasks, then resume from the last "
+                "checkpoint with --ckpt_path"
+            )
 
     def state_dict(self) -> dict[str, Any]:
         """Counters as primitive values (a host sync, at checkpoint time only)."""

@@ -67,6 +67,8 @@ class MTLoRATrainer(Trainer):
         from mtlora.io.atomic import write_json_atomic, write_text_atomic
         from mtlora.similarity import group_tasks, plot_heatmaps, task_gradient_similarity
 
+        # the network fit would start from (encoder.pretrained, init_weights), not a random one
+        model.load_initial_weights()
         net = model.model
         device = self.strategy.root_device
         datamodule.setup("fit")
@@ -247,14 +249,9 @@ class MTLoRATrainer(Trainer):
             out: adapter file to write (``.safetensors``).
         """
         from mtlora.adapters_io import save_adapters
-        from mtlora.checkpointing import load_lightning_checkpoint
         from mtlora.module import MultiTaskModule
 
-        try:
-            loaded = MultiTaskModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception:
-            load_lightning_checkpoint(ckpt_path)  # names the file: missing, truncated, corrupt, unsafe
-            raise
+        loaded = MultiTaskModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
         metadata = save_adapters(loaded.model, out)
         size = Path(out).stat().st_size
         trainable = int(metadata["trainable_parameters"])

@@ -59,6 +59,21 @@ def trained_ckpt(tmp_path_factory) -> Path:
         ),
         ("--model.adapter.task_rank", "[2, 2, -1, 2]", r"adapter.task_rank must be a positive integer"),
         ("--data.init_args.img_size", "60", r"img_size 60.*window"),
+        ("--model.lr", ".nan", r"model.lr must be a finite number > 0, got nan"),
+        ("--model.min_lr=-1e-6", None, r"model.min_lr must be a finite number >= 0, got -1e-06"),
+        (
+            "--model.loss_weights",
+            "{sal: -1.0}",
+            r"model.loss_weights.sal must be a finite number >= 0, got -1",
+        ),
+        ("--model.adapter.dropout", "1.5", r"adapter.dropout must be a finite number >= 0 and < 1, got 1.5"),
+        (
+            "--model.encoder.drop_path_rate",
+            "1.0",
+            r"encoder.drop_path_rate must be a finite number >= 0 and < 1",
+        ),
+        ("--model.encoder.window_size", "0", r"encoder.window_size must be an integer > 0, got 0"),
+        ("--model.decoder.channels", "[18, 0, 72, 144]", r"decoder.channels must be an integer > 0, got 0"),
         (
             "--model.adapter.shared_rank",
             "[4, 4]",
@@ -68,7 +83,7 @@ def trained_ckpt(tmp_path_factory) -> Path:
 )
 def test_bad_options(tmp_path, option, value, message):
     with pytest.raises(ValueError, match=message):
-        cli("fit", tmp_path, option, value)
+        cli("fit", tmp_path, option, *([] if value is None else [value]))  # None: "--option=value"
 
 
 @pytest.mark.parametrize(

@@ -97,17 +97,45 @@ def test_truncated(tmp_path, zipfile_format):
     assert not isinstance(err.value, UnsafeCheckpointError)
 
 
-def test_not_a_checkpoint(tmp_path):
-    path = tmp_path / "random.pth"
-    path.write_bytes(b"GARBAGE!" + os.urandom(256))
-    with pytest.raises(
-        CheckpointError, match=rf"{path} is not a torch checkpoint \(it starts with bytes b'GARBAGE!'"
-    ):
-        safe_torch_load(path)
-    text = tmp_path / "notes.pth"
+@pytest.mark.parametrize("suffix", [".pth", ".ckpt", ".safetensors"])
+def test_not_a_checkpoint(tmp_path, suffix):
+    """The content decides, not the name: a foreign file gets the same named error from every loader."""
+    import re
+
+    from mtlora.adapters_io import read_adapters
+    from mtlora.checkpointing import load_lightning_checkpoint
+    from mtlora.module import MultiTaskModule
+
+    garbage = tmp_path / f"random{suffix}"
+    garbage.write_bytes(b"GARBAGE!" + os.urandom(256))
+    text = tmp_path / f"notes{suffix}"
     text.write_text("model weights go here\n")
-    with pytest.raises(CheckpointError, match="not a torch checkpoint"):
-        safe_torch_load(text)
+    page = tmp_path / f"download{suffix}"  # what a proxy or an expired link returns instead of the file
+    page.write_text("<!DOCTYPE html><html><body>403 Forbidden</body></html>")
+    loaders = [safe_torch_load, load_lightning_checkpoint, read_adapters]
+    loaders.append(lambda p: MultiTaskModule.load_from_checkpoint(p, weights_only=True))
+    for path in (garbage, text, page):
+        head = re.escape(repr(path.read_bytes()[:8]))
+        for load in loaders:
+            with pytest.raises(
+                CheckpointError,
+                match=rf"{re.escape(str(path))} \(\d+ bytes\) is not .*: it holds a file starting with bytes {head}\. "
+                r"Truncated, corrupt, renamed or another format\?",
+            ):
+                load(path)
+
+    # real checkpoints under the other suffix: loaded by content, or named for what they are
+    torch_file = tmp_path / f"torch{suffix}"
+    torch.save(weights(), torch_file)
+    assert all(torch.equal(safe_torch_load(torch_file)[k], v) for k, v in weights().items())
+    with pytest.raises(
+        CheckpointError, match=r"not an mtlora adapter file \(safetensors\): it holds a torch checkpoint"
+    ):
+        read_adapters(torch_file)
+    tensors = tmp_path / f"tensors{suffix}"
+    safetensors.torch.save_file(weights(), str(tensors))
+    with pytest.raises(CheckpointError, match=r"is not a Lightning checkpoint: it holds a safetensors file"):
+        load_lightning_checkpoint(tensors)
 
 
 @pytest.mark.filterwarnings("ignore:.*is deprecated:FutureWarning")

@@ -181,7 +181,31 @@ def test_timm_files(tmp_path, suffix):
     assert torch.equal(dst.layers[3].blocks[1].mlp.fc2.weight, timm_model.layers[3].blocks[1].mlp.fc2.weight)
 
 
-def test_timm_hub_name(monkeypatch):
+HUB_NAME = "swin_tiny_patch4_window7_224.ms_in1k"
+
+
+def empty_hub_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache in ``tmp_path``; returns its folder."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def block_network(monkeypatch):
+    """No name resolution and no connections, as on a cluster node without internet."""
+    import socket
+
+    def offline(*args, **kwargs):
+        raise socket.gaierror(-3, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    monkeypatch.setattr(socket.socket, "connect", offline)
+
+
+def test_timm_hub_name(tmp_path, monkeypatch):
     calls = []
 
     def fake_create_model(name, pretrained=False, **kwargs):
@@ -189,24 +213,67 @@ def test_timm_hub_name(monkeypatch):
         return tiny_timm(seed=7, num_classes=0)
 
     monkeypatch.setattr(timm, "create_model", fake_create_model)
+    cache = empty_hub_cache(tmp_path, monkeypatch)
+    # weights already in the local cache are read from there, with the network blocked
+    snapshot = cache / f"models--timm--{HUB_NAME}" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    safetensors.torch.save_file(tiny_timm(seed=7, num_classes=0).state_dict(), snapshot / "model.safetensors")
+    (cache / f"models--timm--{HUB_NAME}" / "refs").mkdir()
+    (cache / f"models--timm--{HUB_NAME}" / "refs" / "main").write_text("abc123")
+    block_network(monkeypatch)
     dst = encoder(seed=3)
-    report = load_pretrained_backbone(dst, "timm:swin_tiny_patch4_window7_224.ms_in1k")
-    assert calls == [("swin_tiny_patch4_window7_224.ms_in1k", True, {"num_classes": 0})]
-    assert report.source == "timm:swin_tiny_patch4_window7_224.ms_in1k" and not report.missing
+    report = load_pretrained_backbone(dst, f"timm:{HUB_NAME}")
+    overlay = {"file": str(snapshot / "model.safetensors")}
+    assert calls == [(HUB_NAME, True, {"num_classes": 0, "pretrained_cfg_overlay": overlay})]
+    assert report.source == f"timm:{HUB_NAME}" and not report.missing
     assert torch.equal(dst.patch_embed.proj.weight, tiny_timm(seed=7, num_classes=0).patch_embed.proj.weight)
 
+    # not cached, hub reachable: timm downloads
+    monkeypatch.undo()
+    monkeypatch.setattr(timm, "create_model", fake_create_model)
+    (tmp_path / "other").mkdir()
+    empty_hub_cache(tmp_path / "other", monkeypatch)
+    monkeypatch.setattr("socket.create_connection", lambda *a, **k: _Closable())
+    load_pretrained_backbone(encoder(), f"timm:{HUB_NAME}")
+    assert calls[-1] == (HUB_NAME, True, {"num_classes": 0, "pretrained_cfg_overlay": None})
 
-def test_timm_hub_offline_and_unknown(monkeypatch):
-    def offline(*args, **kwargs):
-        raise OSError("Temporary failure in name resolution")
 
-    monkeypatch.setattr(timm, "create_model", offline)
+class _Closable:
+    """A connection that was made (the hub is reachable)."""
+
+    def close(self) -> None:
+        pass
+
+
+def test_timm_hub_offline_fails_at_once_and_unknown(tmp_path, monkeypatch):
+    def no_download(*args, **kwargs):
+        pytest.fail("timm was asked to download although the hub cannot be reached")
+
+    monkeypatch.setattr(timm, "create_model", no_download)
+    empty_hub_cache(tmp_path, monkeypatch)
+    block_network(monkeypatch)
+    # our error straight away, not the hub client's ~50 s of retries
     with pytest.raises(CheckpointError) as err:
-        load_pretrained_backbone(encoder(), "timm:swin_tiny_patch4_window7_224")
+        load_pretrained_backbone(encoder(), f"timm:{HUB_NAME}")
     msg = str(err.value)
     assert "--model.encoder.pretrained" in msg and "swin_tiny_patch4_window7_224.pth" in msg
     assert "https://github.com/SwinTransformer/storage/releases/download/v1.0.0/" in msg
-    assert "Temporary failure" in msg
+    assert "huggingface.co cannot be reached" in msg and "Temporary failure" in msg
+
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE is set and the weights are not in the local"):
+        load_pretrained_backbone(encoder(), "timm:swin_tiny_patch4_window7_224")
+
+    def failing(*args, **kwargs):
+        raise OSError("disk quota exceeded")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("socket.create_connection", lambda *a, **k: _Closable())
+    monkeypatch.setattr(timm, "create_model", failing)
+    with pytest.raises(CheckpointError, match="OSError: disk quota exceeded"):
+        load_pretrained_backbone(encoder(), f"timm:{HUB_NAME}")
     with pytest.raises(CheckpointError, match="no model named 'swin_nonexistent'"):
         load_pretrained_backbone(encoder(), "timm:swin_nonexistent")
     with pytest.raises(CheckpointError, match="not a Swin V1 model"):

@@ -86,3 +86,49 @@ def test_lightning_checkpoint_weights_start_a_new_run_and_resume_ignores_init_we
     # a module loaded from a checkpoint keeps the checkpoint's weights when it is fitted further
     loaded = MultiTaskModule.load_from_checkpoint(ckpt, weights_only=True, init_weights="absent.pth")
     assert loaded._init_weights_pending is None and not loaded._pretrained_pending
+
+
+def test_ckpt_path_reads_nothing_but_the_checkpoint(tmp_path, monkeypatch):
+    """A run started from a ``timm:`` encoder and an ``init_weights`` file that has since moved is
+    evaluated, predicted and resumed offline: the checkpoint holds every weight."""
+    import socket
+
+    import mtlora.init_weights
+    from mtlora.models.model import MultiTaskModel
+
+    cli("fit", tmp_path / "a", "--trainer.max_steps 2")
+    start = tmp_path / "start.ckpt"
+    next((tmp_path / "a").rglob("*.ckpt")).rename(start)
+    cli("fit", tmp_path / "b", "--trainer.max_steps 2", "--model.init_weights", str(start))
+    ckpt = next((tmp_path / "b").rglob("*.ckpt"))
+    checkpoint = torch.load(ckpt, weights_only=True)
+    assert checkpoint["hyper_parameters"]["init_weights"] == str(start)
+    checkpoint["hyper_parameters"]["encoder"]["pretrained"] = "timm:swin_tiny_patch4_window7_224.ms_in1k"
+    torch.save(checkpoint, ckpt)
+    start.rename(tmp_path / "moved.ckpt")
+
+    def offline(*args, **kwargs):
+        raise socket.gaierror(-3, "Temporary failure in name resolution")
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("initial weights were read although --ckpt_path holds every weight")
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    monkeypatch.setattr(socket.socket, "connect", offline)
+    monkeypatch.setattr(MultiTaskModel, "load_pretrained", must_not_load)
+    monkeypatch.setattr(mtlora.init_weights, "load_init_weights", must_not_load)
+    for command in ("validate", "test"):
+        run = cli(command, tmp_path / "c", "", "--ckpt_path", str(ckpt))
+        for key, value in run.model.state_dict().items():
+            assert torch.equal(value, checkpoint["state_dict"][key]), (command, key)
+    cli(
+        "predict", tmp_path / "c", "--trainer.default_root_dir", str(tmp_path / "c"), "--ckpt_path", str(ckpt)
+    )
+    assert len(list((tmp_path / "c").rglob("predictions/*.png"))) == 8
+    resumed = cli("fit", tmp_path / "d", "--trainer.max_epochs 2", "--ckpt_path", str(ckpt))
+    assert resumed.trainer.global_step == 4
+
+    # without a checkpoint the same options do read them: the failure names the moved file
+    monkeypatch.undo()
+    with pytest.raises(FileNotFoundError, match=str(start)):
+        cli("validate", tmp_path / "e", "", "--model.init_weights", str(start))

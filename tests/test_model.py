@@ -197,3 +197,22 @@ def test_bad_configuration_errors():
     model = MultiTaskModel(PASCAL_CHANNELS, tiny_encoder())
     with pytest.raises(ValueError, match="built for 64x64"):
         model(torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize(
+    "img_size,window_size", [(60, 2), (100, 2), (230, 7), (500, 7), (30, 2), (4, 2), (100, 3)]
+)
+def test_image_size_hint_suggests_sizes_that_build(img_size, window_size):
+    """The error for a size the windows do not fit lists the nearest sizes, and each of them works."""
+    import re
+
+    with pytest.raises(ValueError, match=rf"img_size {img_size}: .*Image sizes that work") as err:
+        MultiTaskModel({"sal": 1}, tiny_encoder(img_size=img_size, window_size=window_size))
+    suggested = [int(s) for s in re.findall(r"\d+", str(err.value).rsplit(":", 1)[1])]
+    assert any(s > img_size for s in suggested)
+    if img_size > 64:  # above the smallest working size there is one below too
+        assert any(s < img_size for s in suggested)
+    for size in suggested:
+        model = MultiTaskModel({"sal": 1}, tiny_encoder(img_size=size, window_size=window_size)).eval()
+        with torch.no_grad():
+            assert model(torch.randn(1, 3, size, size))["sal"].shape == (1, 1, size, size)

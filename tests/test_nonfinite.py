@@ -10,8 +10,10 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from mtlora.data import SyntheticDataModule
+from mtlora.models.checkpoints import CheckpointError
 from mtlora.module import MultiTaskModule
 from mtlora.nonfinite import NonFiniteGuard, NonFiniteStepsError
+from mtlora.trainer import MTLoRATrainer
 
 from conftest import tiny_encoder
 
@@ -34,6 +36,23 @@ class Snapshots(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.after[trainer.global_step - 1] = self._params(pl_module)
+
+
+class Buffers(Callback):
+    """Buffers (BatchNorm statistics) before and after every training batch; NaN images on ``nan_steps``."""
+
+    def __init__(self, nan_steps: set[int] = frozenset()) -> None:
+        self.nan_steps = nan_steps
+        self.before: dict[int, dict[str, torch.Tensor]] = {}
+        self.after: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.before[trainer.global_step] = {n: b.clone() for n, b in pl_module.named_buffers()}
+        if trainer.global_step in self.nan_steps:
+            batch["image"][0, :, :8, :8] = float("nan")  # a non-finite forward: BatchNorm sees NaN
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.after[trainer.global_step - 1] = {n: b.clone() for n, b in pl_module.named_buffers()}
 
 
 def run(tmp_path, nan_steps: set[int], max_steps: int, max_nonfinite_steps: int = 10):
@@ -130,7 +149,9 @@ def test_non_finite_gradient_with_finite_losses_is_skipped(mode):
     optimizer.step()
     assert all(torch.equal(a, p) for a, p in zip(before, params))
     assert guard.counts.tolist() == [0, 0, 0, 1, 1]
-    assert "1 steps with non-finite gradients but finite losses" in guard.describe(guard.counts.tolist())
+    assert "1 steps with non-finite gradients or buffers but finite losses" in guard.describe(
+        guard.counts.tolist()
+    )
 
 
 def test_scaler_mode_only_counts_and_combined_loss_is_attributed():
@@ -161,3 +182,81 @@ def test_guard_state_round_trip():
     NonFiniteGuard(["sal"], 3).load_state_dict(state)  # another task list: ignored, not an error
     with pytest.raises(ValueError, match="max_nonfinite_steps must be >= 0"):
         NonFiniteGuard(["sal"], -1)
+
+
+def test_non_finite_forward_changes_no_buffer_and_no_checkpoint(tmp_path):
+    module, dm, trainer, _ = run(tmp_path, nan_steps=set(), max_steps=4, max_nonfinite_steps=1)
+    buffers = Buffers(nan_steps={1, 2, 3})
+    trainer.callbacks.append(buffers)
+    with pytest.warns(UserWarning, match="non-finite"), pytest.raises(NonFiniteStepsError) as err:
+        trainer.fit(module, dm)
+    assert "training stopped at step 3" in str(err.value) and "semseg" in str(err.value)
+    running = [n for n in buffers.before[0] if n.endswith("running_var")]
+    assert running  # the heads have BatchNorm layers
+    assert any(not torch.equal(buffers.before[0][n], buffers.after[0][n]) for n in running)  # step 0 trained
+    for step in (1, 2):  # NaN forwards: every buffer as before the step
+        for name, value in buffers.before[step].items():
+            assert torch.equal(value, buffers.after[step][name]), (step, name)
+    for path in (tmp_path / "ckpt").glob("*.ckpt"):
+        state = torch.load(path, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path
+
+
+def test_non_finite_state_is_never_written_and_not_predicted_from(tmp_path):
+    module, dm, trainer, _ = run(tmp_path, nan_steps=set(), max_steps=3)
+
+    class Diverge(Callback):
+        """A weight overflows in an otherwise finite step (the guard only sees the next forward)."""
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if trainer.global_step == 2:
+                with torch.no_grad():
+                    pl_module.model.decoder.heads["sal"].last_layer[-1].weight.fill_(float("inf"))
+
+    trainer.callbacks.insert(0, Diverge())
+    with pytest.raises(NonFiniteStepsError) as err:
+        trainer.fit(module, dm)
+    message = str(err.value)
+    assert "no checkpoint was written and the earlier ones are kept" in message
+    assert "model.decoder.heads.sal.last_layer" in message and "tasks affected: sal" in message
+    last = tmp_path / "ckpt" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    assert checkpoint["global_step"] == 1  # the step-2 save was refused; the finite one is kept
+
+    # a non-finite checkpoint from elsewhere: predict refuses it, validate warns
+    checkpoint["state_dict"]["model.decoder.heads.sal.last_layer.1.bias"][0] = float("nan")
+    bad = tmp_path / "bad.ckpt"
+    torch.save(checkpoint, bad)
+    quiet = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(
+        CheckpointError, match=rf"{bad}: 1 tensors hold NaN .*tasks affected: sal.*earlier checkpoint"
+    ):
+        Trainer(**quiet, limit_predict_batches=1).predict(module, dm, ckpt_path=bad)
+    with pytest.warns(UserWarning, match=r"1 tensors hold NaN or infinite values .* metrics will be NaN"):
+        Trainer(**quiet, limit_val_batches=1).validate(module, dm, ckpt_path=bad)
+    with (
+        pytest.warns(UserWarning, match="diverged"),
+        pytest.raises(CheckpointError, match="was not written: 1 tensors hold NaN.*export an earlier"),
+    ):
+        MTLoRATrainer(**quiet).export_adapters(module, str(bad), out=str(tmp_path / "a.safetensors"))
+    assert not (tmp_path / "a.safetensors").exists()
+    from mtlora.export import export_model
+
+    with pytest.warns(UserWarning, match="diverged"):
+        diverged = MultiTaskModule.load_from_checkpoint(bad, weights_only=True).model
+    with pytest.raises(CheckpointError, match="was not written: 1 tensors hold NaN"):
+        export_model(diverged, tmp_path / "export", program=False)
+    assert not (tmp_path / "export").exists()
+
+
+def test_nonfinite_tensor_names_is_exact():
+    from mtlora.models.checkpoints.loading import nonfinite_tensor_names
+
+    state = {
+        "huge": torch.full((4,), 1e30),  # finite, though its norm overflows float32
+        "nan": torch.tensor([0.0, math.nan]),
+        "inf": torch.tensor([-math.inf]),
+        "steps": torch.tensor(3),  # integer tensors are never non-finite
+        "fine": torch.randn(3, 3),
+    }
+    assert nonfinite_tensor_names(state) == ["nan", "inf"]

@@ -99,3 +99,30 @@ def test_similarity_cli_writes_plan_heatmap_and_plan_trains(tmp_path, capsys):
     )
     assert cli.model.model.adapter_config.method == "progressive"
     assert cli.model.model.backbone.layers[3].blocks[0].kind == "streams"
+
+
+def test_similarity_uses_the_weights_fit_starts_from(tmp_path, monkeypatch):
+    """Gradients are taken on ``encoder.pretrained`` (+ ``init_weights``), not on a random encoder."""
+    import safetensors.torch
+    from test_checkpoints_swin import tiny_timm
+
+    import mtlora.similarity
+
+    weights = tmp_path / "swin_tiny_timm.safetensors"
+    safetensors.torch.save_file(tiny_timm(seed=7, num_classes=0).state_dict(), weights)
+    seen = {}
+    compute = mtlora.similarity.task_gradient_similarity
+
+    def recording(model, *args, **kwargs):
+        seen.update({k: v.detach().clone() for k, v in model.backbone.state_dict().items()})
+        return compute(model, *args, **kwargs)
+
+    monkeypatch.setattr(mtlora.similarity, "task_gradient_similarity", recording)
+    args = ["similarity", "--config", str(CONFIGS / "tiny_synthetic.yaml"), "--batches", "1"]
+    args += ["--out_dir", str(tmp_path / "sim"), "--trainer.logger", "false"]
+    run_cli([*args, "--model.encoder.pretrained", str(weights)])
+    expected = tiny_timm(seed=7, num_classes=0)
+    assert torch.equal(seen["patch_embed.proj.weight"], expected.patch_embed.proj.weight)
+    assert torch.equal(
+        seen["layers.1.blocks.0.attn.qkv.linear.weight"], expected.layers[1].blocks[0].attn.qkv.weight
+    )

@@ -11,6 +11,7 @@ from mtlora.models.decoders import MultiTaskDecoder
 from mtlora.models.plans import AdapterConfig, PlanReport, apply_plan
 from mtlora.models.recompute import checkpoint_mode
 from mtlora.models.swin import SWIN_SIZES, SwinConfig, SwinEncoder
+from mtlora.options import check_number
 from mtlora.tasks import validate_tasks
 
 
@@ -56,6 +57,9 @@ class EncoderConfig:
             num_heads=tuple(self.num_heads) if self.num_heads else None,
         )
         checkpoint_mode(self.gradient_checkpointing, "encoder.gradient_checkpointing")  # validates
+        check_number("encoder.img_size", self.img_size, above=0, integer=True)
+        check_number("encoder.window_size", self.window_size, above=0, integer=True)
+        check_number("encoder.drop_path_rate", self.drop_path_rate, minimum=0, below=1)
         return SwinConfig.named(
             self.arch,
             img_size=self.img_size,
@@ -94,6 +98,8 @@ class MultiTaskModel(nn.Module):
         self.encoder_config = encoder or EncoderConfig()
         self.adapter_config = adapter or AdapterConfig()
         self.decoder_config = decoder or DecoderConfig()
+        for width in self.decoder_config.channels:
+            check_number("decoder.channels", width, above=0, integer=True)
         self.backbone = SwinEncoder(self.encoder_config.swin_config())
         if load_pretrained and self.encoder_config.pretrained:
             self.load_pretrained()

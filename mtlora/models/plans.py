@@ -18,6 +18,7 @@ from torch import nn
 from mtlora.models.lora import LoRASpec, SharedMode, inject_lora
 from mtlora.models.peft import PEFT_METHODS, AdapterPosition, inject_peft
 from mtlora.models.swin import BlockKind, SwinEncoder
+from mtlora.options import check_number
 
 Method = Literal[
     "mtlora", "full", "decoders", "progressive", "bitfit", "houlsby", "compacter", "vpt_shallow", "vpt_deep"
@@ -268,6 +269,10 @@ def apply_plan(encoder: SwinEncoder, cfg: AdapterConfig, tasks: list[str]) -> Pl
         cfg.task_scale if cfg.task_scale is not None else cfg.shared_scale, n, "adapter.task_scale"
     )
     dropout = per_stage(cfg.dropout, n, "adapter.dropout")
+    for value in shared_scale + task_scale:
+        check_number("adapter.shared_scale/task_scale", value)
+    for value in dropout:
+        check_number("adapter.dropout", value, minimum=0, below=1)
     uses_lora = cfg.method in ("mtlora", "progressive")
     if uses_lora:
         for opt, ranks in (("shared_rank", shared_rank), ("task_rank", task_rank)):

@@ -70,25 +70,42 @@ class SwinConfig:
 
     def stage_resolutions(self) -> list[int]:
         """Token grid side of every stage; validates the image size against patch/window layout."""
-        if self.img_size % self.patch_size:
-            raise ValueError(f"img_size {self.img_size} is not divisible by the patch size {self.patch_size}")
-        res, out = self.img_size // self.patch_size, []
+        out = self._stage_resolutions(self.img_size)
+        if isinstance(out, str):
+            near = ", ".join(str(size) for size in self.working_img_sizes_near(self.img_size))
+            raise ValueError(
+                f"img_size {self.img_size}: {out}; Microsoft-style Swin has no padding. "
+                f"Image sizes that work with patch_size {self.patch_size}, window_size {self.window_size} "
+                f"and {len(self.depths)} stages: {near}"
+            )
+        return out
+
+    def _stage_resolutions(self, img_size: int) -> list[int] | str:
+        """The stage grids for ``img_size``, or why that size does not fit."""
+        if img_size % self.patch_size:
+            return f"not divisible by the patch size {self.patch_size}"
+        res, out = img_size // self.patch_size, []
         for i in range(len(self.depths)):
             if i > 0:
                 if res % 2:
-                    raise ValueError(
-                        f"img_size {self.img_size}: stage {i} grid {res} is odd and cannot be patch-merged; "
-                        f"use a multiple of {self.patch_size * 2 ** (len(self.depths) - 1) * self.window_size}"
-                    )
+                    return f"stage {i} grid {res} is odd and cannot be patch-merged"
                 res //= 2
             if res > self.window_size and res % self.window_size:
-                raise ValueError(
-                    f"img_size {self.img_size}: stage {i} grid {res}x{res} is not divisible by window_size "
-                    f"{self.window_size}; Microsoft-style Swin has no padding — use a multiple of "
-                    f"{self.patch_size * 2 ** (len(self.depths) - 1) * self.window_size} (e.g. 224 or 448)"
-                )
+                return f"stage {i} grid {res}x{res} is not divisible by window_size {self.window_size}"
             out.append(res)
         return out
+
+    def working_img_sizes_near(self, img_size: int, count: int = 2) -> list[int]:
+        """Up to ``count`` working sizes below and above ``img_size`` (each one builds an encoder)."""
+
+        def fits(size: int) -> bool:
+            return size > 0 and not isinstance(self._stage_resolutions(size), str)
+
+        # a multiple of patch * 2^(stages-1) * window always fits: the search ends within one such step
+        step = self.patch_size * 2 ** (len(self.depths) - 1) * self.window_size
+        below = [s for s in range(img_size - 1, max(0, img_size - step) - 1, -1) if fits(s)][:count]
+        above = [s for s in range(img_size + 1, img_size + step + 1) if fits(s)][:count]
+        return sorted(below + above)
 
 
 def window_partition(x: Tensor, ws: int) -> Tensor:

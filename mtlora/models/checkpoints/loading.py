@@ -27,6 +27,43 @@ log = logging.getLogger(__name__)
 Shape = tuple[int, ...]
 
 
+def nonfinite_tensor_names(tensors: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point tensors that hold a NaN or an infinite value (one host sync).
+
+    A diverged run leaves such tensors behind; loading or writing them only spreads the NaN to
+    every prediction, so loaders and checkpoint writers refuse them by name.
+    """
+    floats = [
+        (k, v)
+        for k, v in tensors.items()
+        if isinstance(v, Tensor) and v.is_floating_point() and not v.is_meta  # meta: shapes only
+    ]
+    if not floats:
+        return []
+    # one fused norm pass (20x faster than isfinite on a CPU); a norm can also overflow for huge
+    # finite values, so only the tensors it flags are checked element-wise
+    device = floats[0][1].device
+    norms = torch._foreach_norm([v.detach() for _, v in floats])
+    flagged = (~torch.isfinite(torch.stack([n.to(device) for n in norms]))).nonzero().flatten().tolist()
+    return [floats[i][0] for i in flagged if not bool(torch.isfinite(floats[i][1]).all())]
+
+
+def refuse_nonfinite(tensors: Mapping[str, Any], target: Any) -> None:
+    """Raise before ``target`` is written from tensors holding NaN/inf (a diverged model)."""
+    bad = nonfinite_tensor_names(tensors)
+    if bad:
+        raise CheckpointError(
+            f"{target} was not written: {describe_nonfinite(bad)}; the model had diverged, export an "
+            "earlier checkpoint"
+        )
+
+
+def describe_nonfinite(names: list[str], shown: int = 5) -> str:
+    """``"3 tensors hold NaN or infinite values (a, b, c)"`` for messages."""
+    more = f", ... and {len(names) - shown} more" if len(names) > shown else ""
+    return f"{len(names)} tensors hold NaN or infinite values ({', '.join(names[:shown])}{more})"
+
+
 @dataclass
 class Converted:
     """Output of a conversion: the renamed state dict, where each key came from, what was dropped."""
@@ -181,6 +218,12 @@ def apply_state_dict(
         if source != name:
             report.renamed[name] = source
     report.loaded = list(tensors)
+    bad = nonfinite_tensor_names(tensors)
+    if bad:
+        raise CheckpointError(
+            f"{report.source}: {describe_nonfinite(bad)}: it was written by a run that had diverged; "
+            "use an earlier checkpoint"
+        )
     for name in targets:
         if name in tensors or any(m[0] == name for m in report.mismatched):
             continue

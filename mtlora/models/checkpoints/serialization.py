@@ -192,6 +192,31 @@ def _sniff(path: Path) -> str:
     return "unknown"
 
 
+_KIND_NAMES = {
+    "zip": "a torch checkpoint (zip archive)",
+    "pickle": "a legacy torch pickle",
+    "safetensors": "a safetensors file",
+}
+
+
+def not_a(path: Path, expected: str) -> CheckpointError:
+    """The one error for a file whose content is not ``expected``, whatever its name says.
+
+    The content decides, not the suffix: a README, an image or an HTML error page saved as
+    ``.ckpt``/``.safetensors`` is named the same way wherever it is read.
+    """
+    kind = _sniff(path)
+    if kind in _KIND_NAMES:
+        found = _KIND_NAMES[kind]
+    else:
+        with path.open("rb") as f:
+            found = f"a file starting with bytes {f.read(8)!r}"
+    return CheckpointError(
+        f"{path} ({path.stat().st_size} bytes) is not {expected}: it holds {found}. Truncated, corrupt, "
+        "renamed or another format?"
+    )
+
+
 def _check_zip(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as z:
@@ -236,15 +261,13 @@ def safe_torch_load(path: str | os.PathLike, *, allow_unsafe: bool = False) -> A
         CheckpointError: the file is empty, truncated, corrupt or not a checkpoint.
     """
     p = _existing_file(path)
-    kind = _sniff(p)
-    if kind == "safetensors" or p.suffix == ".safetensors":
+    kind = _sniff(p)  # the content decides: a torch file named .safetensors still loads as one
+    if kind == "safetensors":
         return _load_safetensors(p)
     if kind == "unknown":
-        with p.open("rb") as f:
-            head = f.read(8)
-        raise CheckpointError(
-            f"{p} is not a torch checkpoint (it starts with bytes {head!r}; expected a zip archive written by "
-            f"torch.save, a legacy pickle, or a .safetensors file)"
+        raise not_a(
+            p,
+            "a torch checkpoint (zip archive written by torch.save, or a legacy pickle) or a safetensors file",
         )
     if kind == "zip":
         _check_zip(p)
@@ -285,7 +308,9 @@ def _torch_load(path: Path, *, weights_only: bool, pickle_module: Any = None) ->
     if pickle_module is not None:
         kwargs["pickle_module"] = pickle_module
     try:
-        return torch.load(path, **kwargs)
+        # a file object: torch.load would read a file named *.safetensors as safetensors
+        with path.open("rb") as f:
+            return torch.load(f, **kwargs)
     except UnsafeCheckpointError as e:
         raise UnsafeCheckpointError(f"{path}: {e}") from None
     except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as e:
