@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurement of issue #8, in two device calls of a few minutes each:
+# The GPU measurement of the performance targets (benchmarks/RESULTS.md), in two device calls of a few minutes each:
 #
 #   bash benchmarks/device_check.sh eager      # CUDA checks (tests/test_cuda.py), then every variant
 #                                              # eager at 448x448, batch 32, bf16 (counted too)

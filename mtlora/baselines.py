@@ -43,7 +43,7 @@ BASELINE_CONFIGS: dict[str, str] = {
 PASCAL_TASKS = {"semseg", "human_parts", "sal", "normals"}
 _OFFSET = (
     "every Table-1 row except 'decoders only' and MTLoRA is ~0.60M above our model "
-    "(full FT 30.06M vs 29.46M), unexplained by the paper [I]"
+    "(full FT 30.06M vs 29.46M), unexplained by the paper (inferred)"
 )
 _PER_TASK = "the paper trains one set per task and runs the encoder per task; ours one shared set, one pass"
 # label -> (adapter sets the paper counts: per task ("tasks") or the whole model per task ("models"), why)
@@ -54,12 +54,13 @@ _NOTES: dict[str, tuple[str | None, str]] = {
     "LoRA (r=4, per task)": (
         None,
         "ours: qkv+proj r=4 per task (0.42M); the paper's 2.87M lies between qkv-only "
-        "and qkv+proj on its ~2.54M per-task base (decoders + ~0.6M) [I]",
+        "and qkv+proj on its ~2.54M per-task base (decoders + ~0.6M) (inferred)",
     ),
     "BitFit": (
         "tasks",
         "2.85M = decoders + 4 x 74.8k (every *bias* tensor, position-bias tables included) + "
-        "~0.6M; the paper's text also names patch merging/projection (+1.55M per set) [I]; " + _PER_TASK,
+        "~0.6M; the paper's text also names patch merging/projection (+1.55M per set) (inferred); "
+        + _PER_TASK,
     ),
     "Adapter": ("tasks", _PER_TASK + "; " + _OFFSET),
     "VPT-shallow": ("tasks", _PER_TASK + "; " + _OFFSET),

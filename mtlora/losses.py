@@ -1,4 +1,4 @@
-"""Per-task losses of the official MTLoRA recipe (reference §5).
+"""Per-task losses of the official MTLoRA recipe (docs/official_implementation.md, "Losses").
 
 Every loss is a masked mean over the labelled pixels of the whole batch.  The normaliser is a
 tensor clamped at 1, so a batch without a single labelled pixel for a task gives exactly 0

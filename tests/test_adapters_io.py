@@ -130,7 +130,7 @@ def test_swin_tiny_r16_file_is_the_size_of_the_trainable_parameters(tmp_path):
         PASCAL_CHANNELS, EncoderConfig(), AdapterConfig(shared_rank=16, task_rank=4), load_pretrained=False
     )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert trainable == 4_953_146  # reference §11
+    assert trainable == 4_953_146  # the official r16 count
     path = tmp_path / "r16.safetensors"
     save_adapters(model, path)
     size = path.stat().st_size

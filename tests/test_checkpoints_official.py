@@ -1,4 +1,4 @@
-"""Official MTLoRA training checkpoints: written here in the official layout (reference §8, §9), read back.
+"""Official MTLoRA training checkpoints: written here in the official layout, read back.
 
 The config is pickled as an instance of a fake ``yacs.config.CfgNode`` (injected into
 ``sys.modules`` while saving only), so loading must work without yacs and without unpickling
@@ -118,7 +118,7 @@ def official_config(
 
 
 def to_official(model: MultiTaskModel) -> dict[str, torch.Tensor]:
-    """Our state dict renamed to the official layout (§9): per-task LoRA entries, alphabetical, plus buffers."""
+    """Our state dict renamed to the official layout: per-task LoRA entries, alphabetical, plus buffers."""
     out: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
         value = value.clone()
@@ -375,7 +375,7 @@ def test_config_node_stand_in(monkeypatch, yacs_modules):
 def official_swin_t_keys(
     tasks: list[str], shared_rank: int, task_rank: int, channels: dict[str, int]
 ) -> dict:
-    """Key -> shape of the official MTLoRA Swin-T model at 448 px, written from the table in reference §9."""
+    """Key -> shape of the official MTLoRA Swin-T model at 448 px, written from the table in docs/official_implementation.md."""
     keys: dict[str, tuple] = {
         "backbone.patch_embed.proj.weight": (96, 3, 4, 4),
         "backbone.patch_embed.proj.bias": (96,),
@@ -428,7 +428,7 @@ def test_released_r64_layout_fits_our_config(yacs_modules):
     """The released checkpoint's keys and config (mtlora_tiny_448_r64_scale4_pertask) fit AdapterConfig(64, 4)."""
     r16 = official_swin_t_keys(TASKS, 16, 4, PASCAL_CHANNELS)
     backbone = [k for k in r16 if k.startswith("backbone.")]
-    assert len(backbone) == 379 and len(r16) - len(backbone) == 52  # the counts stated in §9
+    assert len(backbone) == 379 and len(r16) - len(backbone) == 52  # the official key counts
     assert sum(".lora_" in k for k in backbone) == 192
 
     keys = official_swin_t_keys(TASKS, 64, 4, PASCAL_CHANNELS)

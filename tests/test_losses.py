@@ -1,4 +1,4 @@
-"""Losses of reference §5 on hand-made tensors; all-ignored batches give 0, never NaN."""
+"""The official losses on hand-made tensors; all-ignored batches give 0, never NaN."""
 
 import math
 

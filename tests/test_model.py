@@ -13,7 +13,7 @@ from mtlora.models.swin import SwinEncoder
 
 from conftest import PASCAL_CHANNELS, randomize_lora, tiny_encoder
 
-# reference_mtlora.md §11: trainable counts of the official models (Swin-T, 448, 4 PASCAL tasks)
+# trainable counts of the official models (Swin-T, 448, 4 PASCAL tasks)
 OFFICIAL_TRAINABLE = {
     "r16": (AdapterConfig(shared_rank=16, task_rank=4), 4_953_146, 30_871_418),
     "r32": (AdapterConfig(shared_rank=32, task_rank=4), 6_083_642, 32_001_914),
@@ -90,7 +90,7 @@ def test_zero_init_adapters_equal_plain_encoder():
 
 
 def reference_branch_block(blk, x, tasks):
-    """Straightforward per-task loop of reference §2 (official data flow, matrix mode)."""
+    """Straightforward per-task loop (official data flow of docs/official_implementation.md, matrix mode)."""
 
     def lora(layer, inp, t):
         return layer.path_scale * inp @ layer.lora_paths_A[t].T @ layer.lora_paths_B[t].T

@@ -1,4 +1,4 @@
-"""NYUD-v2 multi-task data in both published layouts (reference §6.2, datasets.md).
+"""NYUD-v2 multi-task data in both published layouts (docs/official_implementation.md, "Data").
 
 * ``NYUD_MT`` (Vandenhende / MTLoRA archive): ``images/<id>.jpg``, ``segmentation/<id>.png``,
   ``depth/<id>.npy``, ``normals/<id>.npy`` (H x W x 3 floats), ``edge/<id>.npy``.

@@ -1,6 +1,6 @@
 """PASCAL-Context multi-task data (the PASCAL_MT layout of ASTMT / MTLoRA).
 
-Reads the folder exactly as the archive extracts (see ``/work/shared/spec/datasets.md``)::
+Reads the folder exactly as the archive extracts (layout in docs/official_implementation.md, "Data")::
 
     PASCAL_MT/
       JPEGImages/<id>.jpg
@@ -60,7 +60,7 @@ PASCAL_MT_URL = "https://data.vision.ee.ethz.ch/kmaninis/share/MTL/PASCAL_MT.tgz
 PERSON_CLASS = 15
 NUM_SEMSEG_CLASSES = 21
 
-# Fine PASCAL-Part person part names -> the six parts of the multi-task benchmark (reference §6.1).
+# Fine PASCAL-Part person part names -> the six parts of the multi-task benchmark (as the official reader).
 _PART_GROUPS = {
     1: ("hair", "head", "lear", "rear", "lebrow", "rebrow", "leye", "reye", "nose", "mouth"),
     2: ("torso", "neck"),

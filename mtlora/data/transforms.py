@@ -20,7 +20,7 @@ right, channel 1 points *down* (image rows), channel 2 towards the camera.  In t
 in-plane vector transforms exactly like a pixel displacement, so a warp with linear part ``L``
 rotates ``(n_x, n_y)`` by ``L / scale``; a horizontal flip negates ``n_x``.
 
-Official protocol (reference §6.1), reproduced by default: flip p=0.5 -> one affine warp about
+Official protocol (docs/official_implementation.md, "Data"), reproduced by default: flip p=0.5 -> one affine warp about
 the centre (rotation U(-20, 20) degrees, isotropic scale U(0.75, 1.25), output size unchanged)
 -> resize to ``img_size``² without keeping the aspect ratio -> ignore regions -> ImageNet
 normalisation.  Image and normals use cubic, labels nearest interpolation.  Deliberate
@@ -33,7 +33,7 @@ differences, each with the switch that restores the official behaviour:
   ignores an exact zero.  ``border_label="official"`` restores the exact-zero rule.
 * The image stays uint8 through the warps, so OpenCV saturates cubic overshoots at 0/255
   (and float inputs are clipped); the official ToTensor casts floats to uint8 and wraps
-  around (-1.3 -> 255), reference §10.11.  No switch: that is a plain bug.
+  around (-1.3 -> 255) in the official code.  No switch: that is a plain bug.
 * The warp centre is the true pixel centre ``((w - 1) / 2, (h - 1) / 2)``, not ``(w / 2, h / 2)``.
 * Depth is warped with nearest interpolation (cubic would invent depths between a surface and
   an invalid 0 pixel) and divided by the zoom factor, as the official NYUD pipeline does.
@@ -312,7 +312,9 @@ class MultiTaskTransform:
 
     def _image_tensor(self, image: np.ndarray) -> torch.Tensor:
         if image.dtype != np.uint8:
-            image = np.clip(image, 0.0, 255.0)  # never wrap overshoots around (reference §10.11)
+            image = np.clip(
+                image, 0.0, 255.0
+            )  # never wrap overshoots around (the official code casts without clipping)
         chw = ((image.astype(np.float32) - self._mean) * self._inv_std).transpose(2, 0, 1)
         return torch.from_numpy(np.ascontiguousarray(chw))
 

@@ -1,7 +1,7 @@
 """Δm: mean relative change over tasks against single-task baselines, and published reference rows.
 
 Δm = (1/T) Σ_t (−1)^{l_t} (M_t − M_st,t) / M_st,t × 100, with l_t = 1 when lower is better
-(MTLoRA paper Eq. 3; results_and_protocol.md §0). One metric per task, keyed ``<task>/<metric>``
+(MTLoRA paper Eq. 3). One metric per task, keyed ``<task>/<metric>``
 like the evaluator's output (``semseg/mIoU``, ``normals/mean``, ...); T = the trained tasks.
 
 Missing baselines: by default a trained task without a baseline is an error naming the task and
@@ -23,15 +23,15 @@ from mtlora.metrics.collection import METRIC_DIRECTIONS
 
 SINGLE_TASK_BASELINES: dict[str, dict[str, float]] = {
     # MTLoRA paper Table 1 "Single task" row (Swin-T IN-1k, 448², PEFT protocol), reused by every
-    # PEFT paper [P]; results_and_protocol.md §1a. "normals/mean" = the paper's "rmse" column.
+    # PEFT paper on this benchmark. "normals/mean" = the paper's "rmse" column (a mean angle).
     "pascal_context_swin_t": {
         "semseg/mIoU": 67.21,
         "human_parts/mIoU": 61.93,
         "sal/mIoU": 62.35,
         "normals/mean": 17.97,
     },
-    # NYUD-v2 Swin-T single-task row of TADFormer/FAAR tables: secondary source [S],
-    # results_and_protocol.md §1c; re-check against the papers before quoting.
+    # NYUD-v2 Swin-T single-task row of TADFormer/FAAR tables: a secondary
+    # source (not a paper of ours to check against); re-check against the papers before quoting.
     "nyud_swin_t": {"semseg/mIoU": 42.65, "depth/rmse": 0.60, "normals/mean": 22.83},
 }
 
@@ -60,7 +60,7 @@ _TABLE_1: list[tuple[str, float, float, float, float, float, float, bool]] = [
     ("MTLoRA+ r=16", 68.28, 58.70, 64.32, 17.03, 1.19, 4.29, True),
     ("MTLoRA r=64 (public re-run)", 68.38, 59.58, 63.85, 16.76, 1.77, 5.30, True),
 ]
-_SOURCES = {"MTLoRA r=64 (public re-run)": "scale-lab/MTLoRA issue #6"}
+_SOURCES = {"MTLoRA r=64 (public re-run)": "https://github.com/scale-lab/MTLoRA/issues/6"}
 _NOTES = {
     "MTL - full fine-tuning": "printed Δm +2.23; the row's metrics give +2.45",
     "Polyhistor": "printed Δm +2.34; the row's metrics give +1.80 (its sal/normals equal HyperFormer's)",
@@ -79,8 +79,8 @@ PUBLISHED_PASCAL_ROWS: list[dict] = [
     }
     for method, s, p, sal, n, dm, params, one_pass in _TABLE_1
 ]
-"""MTLoRA paper Table 1 (PASCAL-Context, Swin-T IN-1k, 448², [P] rows of results_and_protocol.md
-§1a) plus the public MTLoRA r=64 re-run. Keys: ``method``, ``metrics`` (``<task>/<metric>``),
+"""MTLoRA paper Table 1 (PASCAL-Context, Swin-T IN-1k, 448², as printed)
+plus the public MTLoRA r=64 re-run. Keys: ``method``, ``metrics`` (``<task>/<metric>``),
 ``delta_m`` (as printed), ``trainable_params_m``, ``one_pass``, ``source``, ``note``. Recomputed
 from the metrics, Δm agrees with the printed value within 0.02 except for the rows with a note."""
 

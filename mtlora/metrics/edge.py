@@ -2,7 +2,7 @@
 
 ``loss``: balanced binary cross-entropy on the **logits** with positive weight 0.95 (the semantics of
 :func:`mtlora.losses.balanced_bce_loss` for edges), averaged over every labelled pixel of the data
-set. The official ``EdgeMeter`` (reference §7) is the only edge "metric" of the MTLoRA code; it
+set. The official ``EdgeMeter`` (see docs/official_implementation.md, "Evaluation") is the only edge "metric" of the MTLoRA code; it
 feeds probabilities into the loss as if they were logits, a bug not copied here.
 
 ``odsF`` (percent): for each threshold t of the grid (``linspace(0.01, 0.99, N)``, N = 99 by

@@ -1,7 +1,7 @@
 """Surface normals: angular error statistics in degrees.
 
 **Naming.** The paper's "Normals (rmse)" column is the *mean* angular error: the official meter
-(``NormalsMeterV1``, reference §7) returns the mean under the key ``rmse``. Compare paper numbers
+(``NormalsMeterV1``, docs/official_implementation.md, "Evaluation") returns the mean under the key ``rmse``. Compare paper numbers
 with our ``mean``; our ``rmse`` is the true root-mean-square angle (always ≥ ``mean``).
 
 Angle: prediction L2-normalised per pixel (official ε = 1e-12 on the norm), label normalised too,

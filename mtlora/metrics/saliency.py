@@ -1,6 +1,6 @@
 """Saliency: the PEFT line's "mIoU" (paper column) and a correctly computed β²=0.3 maxF.
 
-``mIoU`` follows ``SaliencyMeterWithNoBeta`` of the official code (reference §7): p = sigmoid(logit),
+``mIoU`` follows ``SaliencyMeterWithNoBeta`` of the official code (docs/official_implementation.md, "Evaluation"): p = sigmoid(logit),
 binary prediction ``p > thr`` for the 15 thresholds ``linspace(0.2, 0.9, 15)``, Jaccard **per image**
 (1 when label and prediction are both empty), averaged over images per threshold, then the
 maximum over thresholds.

@@ -1,4 +1,4 @@
-"""Semantic segmentation / human parts: mIoU over a global confusion matrix (reference §7).
+"""Semantic segmentation / human parts: mIoU over a global confusion matrix (as the official evaluation).
 
 The official ``SemsegMeter`` accumulates TP/FP/FN per class over the whole validation set (a
 global confusion matrix), excludes pixels whose label is 255, and averages

@@ -1,4 +1,4 @@
-"""Per-task multi-scale fusion and HRNet-style heads (reference §3).
+"""Per-task multi-scale fusion and HRNet-style heads (docs/official_implementation.md, "Fusion and decoder heads").
 
 The official "multi-scale fusion" is four 1x1 convolutions without bias per task that squeeze
 the post-merging stage features to the HRNet-W18 widths (18/36/72/144); the head upsamples the

@@ -8,7 +8,7 @@
   one per task ("TS-LoRA") or per task group (progressive plans).  Stacking lets all paths run
   as one batched GEMM instead of a Python loop over tasks.
 
-Conventions follow the official MTLoRA layer (reference §1): the wrapped layer lives under the
+Conventions follow the official MTLoRA layer (docs/official_implementation.md, "Low-rank layer conventions"): the wrapped layer lives under the
 attribute ``linear``; scales are raw multipliers (default 4.0), not alpha/r; dropout applies only
 to the low-rank input; A is Kaiming-uniform (the ``nn.Linear`` default), B is zero so that every
 adapter starts as an exact no-op.

@@ -54,7 +54,8 @@ class AdapterConfig:
         task_scale: multiplier of the task paths (None: equal to ``shared_scale``; the official
             code never reads its TASK_SCALE option).
         dropout: dropout on the low-rank input, per stage or one value.
-        shared_mode: how task outputs combine with the shared path (reference §1.1).
+        shared_mode: how task outputs combine with the shared path (``matrix``, ``matrixv2``,
+            ``addition``, ``lora_only``; see docs/official_implementation.md).
         targets: linear layers that get adapters.
         task_targets: layers that get task-specific paths in task-specific blocks.
         patch_merging: MTLoRA+: low-rank (shared) adapter on the patch-merging reductions,
@@ -365,7 +366,7 @@ def _set_stream_routes(encoder: SwinEncoder, plans: list[list[BlockPlan]]) -> No
 
 
 def mark_trainable(encoder: nn.Module, cfg: AdapterConfig) -> None:
-    """Set ``requires_grad`` on the encoder per the trainable-set rules (reference §1.2)."""
+    """Set ``requires_grad`` on the encoder per the trainable-set rules (the official trainable set: see mark_trainable)."""
     if cfg.method == "full":
         encoder.requires_grad_(True)
         return

@@ -1,6 +1,6 @@
 """Official MTLoRA training checkpoints (``ckpt_epoch_<e>.pth`` of scale-lab/MTLoRA).
 
-The file is a dict with ``model`` (the MultiTaskSwin state dict, reference §9), ``optimizer``,
+The file is a dict with ``model`` (the MultiTaskSwin state dict, docs/official_implementation.md, "Checkpoint layout"), ``optimizer``,
 ``lr_scheduler``, ``scaler``, ``epoch``, ``max_accuracy`` and ``config`` (a pickled yacs
 ``CfgNode``).  It is read with the restricted unpickler of
 :mod:`~mtlora.models.checkpoints.serialization`, so neither yacs nor unsafe unpickling is needed.
