@@ -366,7 +366,8 @@ def _set_stream_routes(encoder: SwinEncoder, plans: list[list[BlockPlan]]) -> No
 
 
 def mark_trainable(encoder: nn.Module, cfg: AdapterConfig) -> None:
-    """Set ``requires_grad`` on the encoder per the trainable-set rules (the official trainable set: see mark_trainable)."""
+    """Set ``requires_grad`` on the encoder per the trainable-set rules (by default the official set,
+    described in docs/official_implementation.md)."""
     if cfg.method == "full":
         encoder.requires_grad_(True)
         return
