@@ -110,8 +110,27 @@ def method_label(adapter: AdapterConfig | Mapping[str, Any], tasks: Sequence[str
     if a.plan is not None:
         return "MTLoRA (custom plan)"
     if a.shared_mode == "lora_only":
-        return f"Task-agnostic LoRA r={_rank(a.shared_rank)}"
-    return f"MTLoRA{'+' if a.patch_merging else ''} r={_rank(a.shared_rank)}"
+        return f"Task-agnostic LoRA r={_rank(a.shared_rank)}" + _ablation(a)
+    return f"MTLoRA{'+' if a.patch_merging else ''} r={_rank(a.shared_rank)}" + _ablation(a)
+
+
+_FROZEN = {
+    "train_patch_embed": "patch embed",
+    "train_norms": "layer norm",
+    "train_relative_position_bias": "position bias",
+    "train_patch_merging": "patch merging",
+}
+
+
+def _ablation(a: AdapterConfig) -> str:
+    """Label suffix of the Table 2 / Table 3 ablations: adapted layers removed, modules frozen."""
+    from mtlora.models.plans import LINEAR_TARGETS
+
+    parts = [f"no {t}" for t in LINEAR_TARGETS if t not in a.targets]
+    parts += [f"frozen {what}" for flag, what in _FROZEN.items() if getattr(a, flag) is False]
+    if a.patch_merging:  # MTLoRA+ freezes the dense reductions by design, not as an ablation
+        parts = [p for p in parts if p != "frozen patch merging"]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def is_lora_method(adapter: AdapterConfig | Mapping[str, Any]) -> bool:
@@ -120,10 +139,12 @@ def is_lora_method(adapter: AdapterConfig | Mapping[str, Any]) -> bool:
 
 
 def paper_row(label: str) -> dict | None:
-    """The published Table-1 row called ``label`` (see :data:`PUBLISHED_PASCAL_ROWS`), if any."""
+    """The published row called ``label``: Table 1 (:data:`PUBLISHED_PASCAL_ROWS`) or the ablations
+    of Tables 2 and 3 (:data:`mtlora.experiments.PUBLISHED_ABLATIONS`), if any."""
+    from mtlora.experiments import PUBLISHED_ABLATIONS
     from mtlora.metrics import PUBLISHED_PASCAL_ROWS
 
-    return next((r for r in PUBLISHED_PASCAL_ROWS if r["method"] == label), None)
+    return next((r for r in [*PUBLISHED_PASCAL_ROWS, *PUBLISHED_ABLATIONS] if r["method"] == label), None)
 
 
 @dataclass
@@ -135,10 +156,13 @@ class PaperComparison:
     paper_m: float | None
     per_task_sets_m: float | None  # ours with one encoder-side set per task (or one model per task)
     note: str
+    table: str = "Table 1"
 
     def lines(self) -> list[str]:
-        paper = f"{self.paper_m:.2f} M" if self.paper_m is not None else "no Table-1 row"
-        out = [f"Table 1 (PASCAL-Context, Swin-T): {self.label}: paper {paper}, ours {self.ours_m:.2f} M"]
+        paper = f"{self.paper_m:.2f} M" if self.paper_m is not None else f"no {self.table} row"
+        out = [
+            f"{self.table} (PASCAL-Context, Swin-T): {self.label}: paper {paper}, ours {self.ours_m:.2f} M"
+        ]
         if self.per_task_sets_m is not None:
             out.append(f"  ours with one set per task, as the paper counts: {self.per_task_sets_m:.2f} M")
         if self.note:
@@ -175,5 +199,10 @@ def paper_comparison(
     elif sets == "models":
         per_task = paper_tasks * counts["trainable"] / 1e6
     return PaperComparison(
-        label, counts["trainable"] / 1e6, row["trainable_params_m"] if row else None, per_task, note
+        label,
+        counts["trainable"] / 1e6,
+        row["trainable_params_m"] if row else None,
+        per_task,
+        note,
+        row.get("table", "Table 1") if row else "Table 1",
     )
