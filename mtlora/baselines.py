@@ -41,11 +41,15 @@ BASELINE_CONFIGS: dict[str, str] = {
 }
 
 PASCAL_TASKS = {"semseg", "human_parts", "sal", "normals"}
+PER_TASK_SUFFIX = " (one set per task)"  # adapter.per_task: the paper's own setting of these rows
 _OFFSET = (
     "every Table-1 row except 'decoders only' and MTLoRA is ~0.60M above our model "
     "(full FT 30.06M vs 29.46M), unexplained by the paper [I]"
 )
-_PER_TASK = "the paper trains one set per task and runs the encoder per task; ours one shared set, one pass"
+_PER_TASK = (
+    "the paper trains one set per task and runs the encoder per task; ours one shared set, one pass "
+    "(adapter.per_task: true is the paper's setting)"
+)
 # label -> (adapter sets the paper counts: per task ("tasks") or the whole model per task ("models"), why)
 _NOTES: dict[str, tuple[str | None, str]] = {
     "Single task (full FT)": ("models", "Table 1 counts 4 separate models; " + _OFFSET),
@@ -100,10 +104,11 @@ def method_label(adapter: AdapterConfig | Mapping[str, Any], tasks: Sequence[str
     }
     if a.method == "full":
         return "Single task (full FT)" if len(tasks) == 1 else "MTL - full fine-tuning"
+    per_task = PER_TASK_SUFFIX if a.per_task else ""
     if a.method in fixed:
-        return fixed[a.method]
+        return fixed[a.method] + per_task
     if a.method == "compacter":
-        return "Compacter++" if list(a.adapter_positions) == ["mlp"] else "Compacter"
+        return ("Compacter++" if list(a.adapter_positions) == ["mlp"] else "Compacter") + per_task
     task_rank = a.task_rank if a.task_rank is not None else a.shared_rank
     if _all_tasks_plan(a.plan):
         return f"LoRA (r={_rank(task_rank)}, per task)"
@@ -144,6 +149,7 @@ def paper_row(label: str) -> dict | None:
     from mtlora.experiments import PUBLISHED_ABLATIONS
     from mtlora.metrics import PUBLISHED_PASCAL_ROWS
 
+    label = label.removesuffix(PER_TASK_SUFFIX)  # the paper's row is in that setting
     return next((r for r in [*PUBLISHED_PASCAL_ROWS, *PUBLISHED_ABLATIONS] if r["method"] == label), None)
 
 
@@ -183,7 +189,9 @@ def paper_comparison(
     synthetic six) get no paper number: their decoders differ.
     """
     label = method_label(adapter, tasks)
-    sets, note = _NOTES.get(label, (None, ""))
+    sets, note = _NOTES.get(label.removesuffix(PER_TASK_SUFFIX), (None, ""))
+    if label.endswith(PER_TASK_SUFFIX):  # counted as the paper counts: nothing to multiply
+        sets, note = None, "one set per task as in the paper; " + _OFFSET
     expected = set(tasks) <= PASCAL_TASKS if label == "Single task (full FT)" else set(tasks) == PASCAL_TASKS
     row = paper_row(label) if expected else None
     if not expected:

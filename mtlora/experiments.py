@@ -77,18 +77,31 @@ def _single_task_runs(config: str, prefix: str = "single_task", args: tuple[str,
 
 
 def _table1() -> Experiment:
-    from mtlora.baselines import BASELINE_CONFIGS
+    from mtlora.baselines import BASELINE_CONFIGS, PER_TASK_SUFFIX
 
     single = BASELINE_CONFIGS["Single task (full FT)"]
     runs = _single_task_runs(single)
     runs += [
         Run(_slug(label), label, config) for label, config in BASELINE_CONFIGS.items() if config != single
     ]
+    # the paper's setting of its adapter rows: one set per task, one encoder pass per task
+    runs += [
+        Run(
+            _slug(label) + "_per_task",
+            label + PER_TASK_SUFFIX,
+            BASELINE_CONFIGS[label],
+            ("--model.adapter.per_task", "true"),
+        )
+        for label in PER_TASK_ROWS
+    ]
     return Experiment(
         "table1",
         "Table 1: MTLoRA against parameter-efficient baselines (PASCAL-Context, Swin-T)",
         tuple(runs),
     )
+
+
+PER_TASK_ROWS = ("Adapter", "BitFit", "VPT-shallow", "VPT-deep", "Compacter", "Compacter++")
 
 
 R64 = "configs/swin_tiny_r64.yaml"
