@@ -104,6 +104,11 @@ def run_cli(args: list[str] | None = None) -> MTLoRACLI | None:
         if status:
             raise SystemExit(status)
         return None
+    if argv[:1] == ["sweep"]:  # runs many fits in this process: not a LightningCLI subcommand itself
+        from mtlora.sweep import sweep_main
+
+        sweep_main(argv[1:])
+        return None
     if argv[:1] == ["report"]:  # reads finished runs: no model, no data, so not a LightningCLI subcommand
         from mtlora.report import report_main
 
