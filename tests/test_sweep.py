@@ -141,3 +141,25 @@ def test_unknown_experiment_and_missing_runs_fail_clearly(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_cli(["report", "--experiment", "table2", "--runs", str(tmp_path / "nothing")])
     assert "run `mtlora sweep --experiment table2` first" in capsys.readouterr().err
+
+
+def test_table1_with_standin_backbone_and_measured_reference(tmp_path, capsys):
+    run_cli(
+        ["sweep", "--experiment", "table1", "--out", str(tmp_path), "--override", TINY, "--standin_epochs", "1",
+         "--reference", "measured", "--only", "adapter_per_task"]
+    )  # fmt: skip
+    out = tmp_path / "table1"
+    assert (out / "standin_backbone" / "backbone.pth").is_file()
+    reference = json.loads((out / "reference.json").read_text())
+    assert sorted(reference) == sorted(KEYS) and all(v > 0 for v in reference.values())
+    done = json.loads((out / "adapter_per_task" / "sweep_done.json").read_text())
+    assert (
+        "--model.encoder.pretrained" in done["command"] and "--model.adapter.per_task true" in done["command"]
+    )
+    assert json.dumps(reference) in done["command"] or "--model.delta_m_baseline" in done["command"]
+    capsys.readouterr()
+    run_cli(["report", "--experiment", "table1", "--runs", str(out), "--out", str(tmp_path / "reports")])
+    text = capsys.readouterr().out
+    assert "Adapter (one set per task)" in text and "Single task (full FT)" in text
+    assert "11.24" in text  # the paper's Adapter row, in its own section
+    assert (tmp_path / "reports" / "table1.png").read_bytes()[:8] == PNG_MAGIC
