@@ -19,7 +19,7 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/mtlora fit --config configs/demo.yaml
 
-# every Table-1 run (both adapter settings) on synthetic data from a stand-in backbone (CPU, ~20-30 min),
+# every Table-1 run (both adapter settings) on synthetic data from a stand-in backbone (CPU, tens of minutes),
 # Δm against measured single-task runs; runs/baselines/table1 -> reports/baselines/table1.{md,csv,png}
 baselines: install
 	OMP_NUM_THREADS=1 $(VENV)/bin/mtlora sweep --experiment table1 --out runs/baselines \

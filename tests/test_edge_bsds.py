@@ -43,6 +43,18 @@ def test_matching_is_one_to_one_within_the_radius():
     assert matched_pixels(pred2, label, 3.0) == 1 and matched_pixels(pred2, label, 2.9) == 0
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_matching_size_equals_an_optimal_assignment(seed):
+    from scipy.optimize import linear_sum_assignment
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.default_rng(seed)
+    pred, label = rng.random((24, 24)) < 0.2, rng.random((24, 24)) < 0.15
+    within = cdist(np.argwhere(pred), np.argwhere(label)) <= 2.0
+    rows, cols = linear_sum_assignment(within, maximize=True)
+    assert matched_pixels(pred, label, 2.0) == within[rows, cols].sum()
+
+
 def test_perfect_and_shifted_predictions():
     gt = square_outline()
     metric = BSDSEdgeMetric(max_dist=0.0075)
