@@ -136,3 +136,26 @@ def test_experiments_list_existing_configs_and_unique_run_names():
     )
     with pytest.raises(ValueError, match="--experiment: unknown 'table9'"):
         experiment("table9")
+
+
+@pytest.mark.parametrize("rank", [4, 32])
+def test_fig4_counts_task_specific_vs_task_agnostic(rank):
+    # outside the blocks: patch embedding 4,896 + norms 23,040 + position bias 23,322 + merging 1,548,288
+    base = 1_946_624 + 4_896 + 23_040 + 23_322 + 1_548_288
+    shared = rank * 16 * SUM_C  # (in + out) of qkv, proj, fc1, fc2 = 16 C per block
+    task = T * R_TASK * (2 + 5 + 5) * SUM_C_TS  # proj, fc1, fc2 paths in the 4 task-specific blocks
+    expected = {"task-specific": base + shared + task, "task-agnostic": base + shared}
+    for run in experiment("fig4").runs:
+        if run.x != rank:
+            continue
+        section = yaml.safe_load((REPO / run.config).read_text())["model"]
+        adapter = AdapterConfig(
+            **{
+                **section["adapter"],
+                "shared_rank": int(run.args[run.args.index("--model.adapter.shared_rank") + 1]),
+            }
+        )
+        model = MultiTaskModel(PASCAL_CHANNELS, EncoderConfig(), adapter, load_pretrained=False)
+        assert parameter_counts(model)["trainable"] == expected[run.series], run.name
+    if rank == 32:
+        assert expected["task-specific"] == 6_083_642  # Table 1's MTLoRA r=32 (6.08M)
