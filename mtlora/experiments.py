@@ -63,13 +63,14 @@ def _slug(label: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", label.replace("+", " plus").lower()).strip("_")
 
 
-def _single_task_runs(config: str, prefix: str = "single_task", args: tuple[str, ...] = ()) -> list[Run]:
+def _single_task_runs(config: str) -> list[Run]:
+    """One full fine-tuning run per PASCAL task: the single-task row, and a measured Δm reference."""
     return [
         Run(
-            f"{prefix}_{t}",
+            f"single_task_{t}",
             "Single task (full FT)",
             config,
-            (*args, "--data.init_args.tasks", f"[{t}]"),
+            ("--data.init_args.tasks", f"[{t}]"),
             single_task=t,
         )
         for t in PASCAL_TASKS
@@ -110,10 +111,8 @@ TABLE2 = {
     **{f"No {t}": f"configs/ablations/table2_no_{t}.yaml" for t in ("fc1", "fc2", "proj", "qkv")},
 }
 TABLE3 = {
-    **{
-        f"Freeze {w.replace('_', ' ')}": f"configs/ablations/table3_freeze_{w}.yaml"
-        for w in ("patch_embed", "layer_norm", "position_bias", "patch_merging")
-    },
+    f"Freeze {w.replace('_', ' ')}": f"configs/ablations/table3_freeze_{w}.yaml"
+    for w in ("patch_embed", "layer_norm", "position_bias", "patch_merging")
 }
 # Tables 2 and 3 of the paper: Δm (%) and trainable parameters (M) as printed.  Table 2 truncates
 # the counts (6,816,314 -> 6.81), Table 3 rounds them (6,796,346 -> 6.80).

@@ -221,7 +221,12 @@ def sweep_main(argv: Sequence[str]) -> list[dict]:
         help="Δm reference: the configs' published one, or measured single-task runs",
     )
     parser.add_argument("--standin_epochs", type=int, default=0, help="pre-train a stand-in backbone first")
-    parser.add_argument("--only", nargs="*", default=None, help="run only these run names")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=None,
+        help="run only these run names (with --reference measured the single-task runs always run)",
+    )
     parser.add_argument(
         "--dry_run",
         type=lambda s: s.lower() in ("1", "true", "yes"),
