@@ -104,6 +104,11 @@ def run_cli(args: list[str] | None = None) -> MTLoRACLI | None:
         if status:
             raise SystemExit(status)
         return None
+    if argv[:1] == ["edge_eval"]:  # scores saved edge maps: no model, no data module
+        from mtlora.metrics.edge_bsds import edge_eval_main
+
+        edge_eval_main(argv[1:])
+        return None
     if argv[:1] == ["sweep"]:  # runs many fits in this process: not a LightningCLI subcommand itself
         from mtlora.sweep import sweep_main
 

@@ -132,3 +132,27 @@ def test_mtlora_test_with_exact_edge_eval_reports_bsds_scores(tmp_path):
     flat = json.dumps(results)
     assert "test/edge/odsF_bsds" in flat and "test/edge/oisF_bsds" in flat and "test/edge/odsF" in flat
     assert "bsds" not in "".join(cli.model.evaluators["val"].metrics["edge"].keys())  # validation stays fast
+
+
+def test_edge_eval_command_scores_saved_maps(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from mtlora.cli import run_cli
+
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "gt").mkdir()
+    gt = square_outline()
+    Image.fromarray(gt * 255).save(tmp_path / "gt" / "a.png")  # 8-bit label: non-zero = edge
+    Image.fromarray((gt * 230).astype(np.uint8)).save(tmp_path / "pred" / "a.png")  # perfect
+    np.save(tmp_path / "gt" / "b.npy", gt.astype(np.int64))
+    np.save(tmp_path / "pred" / "b.npy", np.zeros(gt.shape))  # nothing predicted: recall 0
+    run_cli(["edge_eval", "--pred", str(tmp_path / "pred"), "--labels", str(tmp_path / "gt")])
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["images"] == 2
+    assert scores["oisF"] == pytest.approx(100 * 2 * 0.5 / 1.5)  # P = 1, R = 1/2 over both images
+    assert scores["odsF"] == pytest.approx(scores["oisF"])
+    (tmp_path / "pred" / "c.png").write_bytes((tmp_path / "pred" / "a.png").read_bytes())
+    with pytest.raises(SystemExit, match=r"no label for \['c'\]"):
+        run_cli(["edge_eval", "--pred", str(tmp_path / "pred"), "--labels", str(tmp_path / "gt")])

@@ -189,3 +189,83 @@ class BSDSEdgeMetric(Metric):
             )
         scores = ods_ois(counts.cpu().numpy())
         return {"odsF_bsds": torch.tensor(scores["odsF"]), "oisF_bsds": torch.tensor(scores["oisF"])}
+
+
+def _read_map(path) -> np.ndarray:
+    """An edge map file: ``.npy`` as stored, images (PNG ...) as their first channel."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    path = Path(path)
+    if path.suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    with Image.open(path) as img:
+        arr = np.asarray(img)
+    return arr[..., 0] if arr.ndim == 3 else arr
+
+
+def evaluate_edge_folders(
+    pred_dir, label_dir, max_dist: float = 0.0075, num_thresholds: int = 99, workers: int = 1
+) -> dict[str, float]:
+    """ODS / OIS F (percent) of saved edge maps against label maps, matched by file name stem.
+
+    Predictions: 8-bit images (value / 255 = probability) or ``.npy`` probabilities in [0, 1].
+    Labels: images, where a value above 127 is an edge (the usual 0/255 edge PNGs), or ``.npy``
+    with 1 = edge, 0 = no edge, 255 = ignored.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+    from pathlib import Path
+
+    preds = {p.stem: p for p in sorted(Path(pred_dir).iterdir()) if p.is_file()}
+    labels = {p.stem: p for p in sorted(Path(label_dir).iterdir()) if p.is_file()}
+    missing = sorted(set(preds) - set(labels))
+    if not preds or missing:
+        raise ValueError(
+            f"edge maps in {pred_dir} need a label of the same name in {label_dir}: "
+            + (f"no label for {missing[:5]}" if missing else "no prediction files found")
+        )
+    jobs = [(preds[k], labels[k], max_dist, num_thresholds) for k in preds]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            counts = list(pool.map(_file_counts, jobs))
+    else:
+        counts = [_file_counts(job) for job in jobs]
+    return {**ods_ois(np.stack(counts)), "images": len(counts)}
+
+
+def _file_counts(job) -> np.ndarray:
+    pred_path, label_path, max_dist, n = job
+    pred, label = _read_map(pred_path), _read_map(label_path)
+    if pred.shape != label.shape:
+        raise ValueError(
+            f"{pred_path}: shape {pred.shape} differs from its label {label_path}: {label.shape}"
+        )
+    prob = pred.astype(np.float64) / 255.0 if pred.dtype == np.uint8 else pred.astype(np.float64)
+    if label_path.suffix == ".npy":
+        label = np.where(label == IGNORE_INDEX, IGNORE_INDEX, (label > 0).astype(np.int64))
+    else:
+        label = (label > 127).astype(np.int64)
+    return image_counts(prob, label, max_dist, bsds_thresholds(n))
+
+
+def edge_eval_main(argv) -> dict[str, float]:
+    """``mtlora edge_eval --pred DIR --labels DIR``: the benchmark scores of saved edge maps."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="mtlora edge_eval", description=edge_eval_main.__doc__)
+    parser.add_argument("--pred", required=True, help="folder of predicted edge maps (8-bit images or .npy)")
+    parser.add_argument("--labels", required=True, help="folder of label edge maps, same file stems")
+    parser.add_argument(
+        "--max_dist", type=float, default=0.0075, help="tolerance / image diagonal (NYUD 0.011)"
+    )
+    parser.add_argument("--thresholds", type=int, default=99, help="number of thresholds")
+    parser.add_argument("--workers", type=int, default=1, help="processes (images are independent)")
+    args = parser.parse_args(list(argv))
+    try:
+        scores = evaluate_edge_folders(args.pred, args.labels, args.max_dist, args.thresholds, args.workers)
+    except (ValueError, OSError) as err:
+        raise SystemExit(f"mtlora edge_eval: {err}") from None
+    print(json.dumps(scores, indent=2))
+    return scores
