@@ -6,8 +6,8 @@ Runs are ``mtlora fit`` commands (see :mod:`mtlora.experiments`) executed in thi
 after the other, logging to ``<out>/<experiment>/<run name>/version_k``; the report finds them by
 those names (``mtlora report --experiment ...``).  A run that finished has a ``sweep_done.json``
 beside its versions and is skipped; a run folder without it was interrupted and continues with
-``--ckpt_path last`` (the newest ``last.ckpt`` of any version, see
-:func:`mtlora.checkpointing.find_last_checkpoint`; without one it starts again).
+``--ckpt_path last`` (``mtlora fit`` finds the run's newest ``last.ckpt``; without one the run
+starts again).
 
 ``--reference measured`` runs the single-task runs first (the experiment's own, or the Swin-T
 single-task fine-tuning of Table 1) and passes their headline metrics to the other runs as the Δm
