@@ -138,6 +138,7 @@ def sweep(
     extra: Sequence[str] = (),
 ) -> list[dict]:
     """Run (or with ``dry_run`` list) the runs of experiment ``name``; returns one dict per run."""
+    from mtlora.callbacks import write_json_atomic
     from mtlora.cli import run_cli
 
     exp = experiment(name)
@@ -164,11 +165,11 @@ def sweep(
     reference_args: list[str] = []
     done = []
     for i, run in enumerate(runs):
-        if only and run.name not in only and run not in singles:
+        if only and run.name not in only and not (reference == "measured" and run in singles):
             continue
         if reference == "measured" and not run.single_task and not reference_args and not dry_run:
             ref = measured_reference(out, singles)
-            (out / "reference.json").write_text(json.dumps(ref, indent=2))
+            write_json_atomic(out / "reference.json", ref)
             reference_args = ["--model.delta_m_baseline", json.dumps(ref)]
         args = fit_args(run, out, overrides, data_root, [*common, *reference_args])
         marker = out / run.name / DONE
@@ -195,8 +196,6 @@ def sweep(
         start = time.perf_counter()
         cli = run_cli(args)
         info.update(seconds=round(time.perf_counter() - start, 1), global_step=cli.trainer.global_step)
-        from mtlora.callbacks import write_json_atomic
-
         write_json_atomic(marker, info)
         done.append(info)
     return done
