@@ -98,8 +98,10 @@ def _fig4(pairs, path: Path) -> str:
     lines = ["| series | rank | trainable (M) | Δm (%) |", "|---|---|---|---|"]
     for series, colour in (("task-agnostic", "tab:orange"), ("task-specific", "tab:blue")):
         pts = sorted(
-            (run.x, row) for run, row in pairs if run.series == series and row and row.delta_m is not None
+            ((run.x, row) for run, row in pairs if run.series == series and row and row.delta_m is not None),
+            key=lambda point: point[0],
         )
+        pts = [(r, row) for r, row in pts if row.trainable_params]  # a point needs both coordinates
         lines += [
             f"| {series} | {r:g} | {_m(row.trainable_params)} | {_fmt(row.delta_m)} |" for r, row in pts
         ]
