@@ -19,9 +19,12 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/mtlora fit --config configs/demo.yaml
 
-# every Table-1 baseline on synthetic data (CPU, ~10-15 min), then runs/baselines -> reports/baselines/
+# every Table-1 run (both adapter settings) on synthetic data from a stand-in backbone (CPU, tens of minutes),
+# Δm against measured single-task runs; runs/baselines/table1 -> reports/baselines/table1.{md,csv,png}
 baselines: install
-	$(PY) scripts/run_baselines.py --out runs/baselines --report reports/baselines
+	OMP_NUM_THREADS=1 $(VENV)/bin/mtlora sweep --experiment table1 --out runs/baselines \
+		--override configs/baselines/synthetic.yaml --standin_epochs 8 --reference measured
+	$(VENV)/bin/mtlora report --experiment table1 --runs runs/baselines/table1 --out reports/baselines
 
 # mtlora bench, standard setting (cuda: 448, batch 32, bf16, counted as it runs; otherwise + counts at 448/32/bf16) -> benchmarks/RESULTS.md
 BENCH_DEVICE ?= cuda

@@ -41,11 +41,15 @@ BASELINE_CONFIGS: dict[str, str] = {
 }
 
 PASCAL_TASKS = {"semseg", "human_parts", "sal", "normals"}
+PER_TASK_SUFFIX = " (one set per task)"  # adapter.per_task: the paper's own setting of these rows
 _OFFSET = (
     "every Table-1 row except 'decoders only' and MTLoRA is ~0.60M above our model "
     "(full FT 30.06M vs 29.46M), unexplained by the paper (inferred)"
 )
-_PER_TASK = "the paper trains one set per task and runs the encoder per task; ours one shared set, one pass"
+_PER_TASK = (
+    "the paper trains one set per task and runs the encoder per task; ours one shared set, one pass "
+    "(adapter.per_task: true is the paper's setting)"
+)
 # label -> (adapter sets the paper counts: per task ("tasks") or the whole model per task ("models"), why)
 _NOTES: dict[str, tuple[str | None, str]] = {
     "Single task (full FT)": ("models", "Table 1 counts 4 separate models; " + _OFFSET),
@@ -101,18 +105,38 @@ def method_label(adapter: AdapterConfig | Mapping[str, Any], tasks: Sequence[str
     }
     if a.method == "full":
         return "Single task (full FT)" if len(tasks) == 1 else "MTL - full fine-tuning"
+    per_task = PER_TASK_SUFFIX if a.per_task else ""
     if a.method in fixed:
-        return fixed[a.method]
+        return fixed[a.method] + per_task
     if a.method == "compacter":
-        return "Compacter++" if list(a.adapter_positions) == ["mlp"] else "Compacter"
+        return ("Compacter++" if list(a.adapter_positions) == ["mlp"] else "Compacter") + per_task
     task_rank = a.task_rank if a.task_rank is not None else a.shared_rank
     if _all_tasks_plan(a.plan):
         return f"LoRA (r={_rank(task_rank)}, per task)"
     if a.plan is not None:
         return "MTLoRA (custom plan)"
     if a.shared_mode == "lora_only":
-        return f"Task-agnostic LoRA r={_rank(a.shared_rank)}"
-    return f"MTLoRA{'+' if a.patch_merging else ''} r={_rank(a.shared_rank)}"
+        return f"Task-agnostic LoRA r={_rank(a.shared_rank)}" + _ablation(a)
+    return f"MTLoRA{'+' if a.patch_merging else ''} r={_rank(a.shared_rank)}" + _ablation(a)
+
+
+_FROZEN = {
+    "train_patch_embed": "patch embed",
+    "train_norms": "layer norm",
+    "train_relative_position_bias": "position bias",
+    "train_patch_merging": "patch merging",
+}
+
+
+def _ablation(a: AdapterConfig) -> str:
+    """Label suffix of the Table 2 / Table 3 ablations: adapted layers removed, modules frozen."""
+    from mtlora.models.plans import LINEAR_TARGETS
+
+    parts = [f"no {t}" for t in LINEAR_TARGETS if t not in a.targets]
+    parts += [f"frozen {what}" for flag, what in _FROZEN.items() if getattr(a, flag) is False]
+    if a.patch_merging:  # MTLoRA+ freezes the dense reductions by design, not as an ablation
+        parts = [p for p in parts if p != "frozen patch merging"]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def is_lora_method(adapter: AdapterConfig | Mapping[str, Any]) -> bool:
@@ -121,10 +145,13 @@ def is_lora_method(adapter: AdapterConfig | Mapping[str, Any]) -> bool:
 
 
 def paper_row(label: str) -> dict | None:
-    """The published Table-1 row called ``label`` (see :data:`PUBLISHED_PASCAL_ROWS`), if any."""
+    """The published row called ``label``: Table 1 (:data:`PUBLISHED_PASCAL_ROWS`) or the ablations
+    of Tables 2 and 3 (:data:`mtlora.experiments.PUBLISHED_ABLATIONS`), if any."""
+    from mtlora.experiments import PUBLISHED_ABLATIONS
     from mtlora.metrics import PUBLISHED_PASCAL_ROWS
 
-    return next((r for r in PUBLISHED_PASCAL_ROWS if r["method"] == label), None)
+    label = label.removesuffix(PER_TASK_SUFFIX)  # the paper's row is in that setting
+    return next((r for r in [*PUBLISHED_PASCAL_ROWS, *PUBLISHED_ABLATIONS] if r["method"] == label), None)
 
 
 @dataclass
@@ -136,10 +163,13 @@ class PaperComparison:
     paper_m: float | None
     per_task_sets_m: float | None  # ours with one encoder-side set per task (or one model per task)
     note: str
+    table: str = "Table 1"
 
     def lines(self) -> list[str]:
-        paper = f"{self.paper_m:.2f} M" if self.paper_m is not None else "no Table-1 row"
-        out = [f"Table 1 (PASCAL-Context, Swin-T): {self.label}: paper {paper}, ours {self.ours_m:.2f} M"]
+        paper = f"{self.paper_m:.2f} M" if self.paper_m is not None else f"no {self.table} row"
+        out = [
+            f"{self.table} (PASCAL-Context, Swin-T): {self.label}: paper {paper}, ours {self.ours_m:.2f} M"
+        ]
         if self.per_task_sets_m is not None:
             out.append(f"  ours with one set per task, as the paper counts: {self.per_task_sets_m:.2f} M")
         if self.note:
@@ -160,7 +190,9 @@ def paper_comparison(
     synthetic six) get no paper number: their decoders differ.
     """
     label = method_label(adapter, tasks)
-    sets, note = _NOTES.get(label, (None, ""))
+    sets, note = _NOTES.get(label.removesuffix(PER_TASK_SUFFIX), (None, ""))
+    if label.endswith(PER_TASK_SUFFIX):  # counted as the paper counts: nothing to multiply
+        sets, note = None, "one set per task as in the paper; " + _OFFSET
     expected = set(tasks) <= PASCAL_TASKS if label == "Single task (full FT)" else set(tasks) == PASCAL_TASKS
     row = paper_row(label) if expected else None
     if not expected:
@@ -176,5 +208,10 @@ def paper_comparison(
     elif sets == "models":
         per_task = paper_tasks * counts["trainable"] / 1e6
     return PaperComparison(
-        label, counts["trainable"] / 1e6, row["trainable_params_m"] if row else None, per_task, note
+        label,
+        counts["trainable"] / 1e6,
+        row["trainable_params_m"] if row else None,
+        per_task,
+        note,
+        row.get("table", "Table 1") if row else "Table 1",
     )

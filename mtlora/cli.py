@@ -9,6 +9,7 @@ standard library; ``fit|validate|test|predict`` and the extra subcommands (metho
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import TYPE_CHECKING
 
@@ -31,14 +32,24 @@ COMMANDS: dict[str, str] = {
     "fit": "train a model (writes the run folder: checkpoints, metrics.csv, val_results.json)",
     "validate": "evaluate a checkpoint on the validation split (writes val_results.json)",
     "test": "evaluate a checkpoint on the test split (writes test_results.json)",
-    "predict": "write prediction panels of a checkpoint",
+    "predict": "predictions of a checkpoint: panels, label PNGs and .npy maps per image",
     "summary": "parameter counts and GMACs of a config (no data, no download)",
     "similarity": "group tasks by gradient similarity; writes a progressive plan config",
     "bench": "training/inference throughput, memory and MFU on synthetic inputs",
     "export": "inference model with merged adapters (safetensors + torch.export)",
     "export_adapters": "the trained part of a checkpoint as a small safetensors file",
-    "report": "table and Pareto plot of finished runs",
-    "data": "data check: inspect a data folder before a long run",
+    "report": "table and Pareto plot of finished runs (--experiment: the paper's tables and figures)",
+    "sweep": "run every config of one of the paper's experiments (skips finished runs, resumes)",
+    "edge_eval": "BSDS-protocol edge scores (ODS/OIS F) of saved edge maps",
+    "data": "data check / data prepare: inspect a data folder, or convert it to streamable shards",
+}
+# commands without a model or a data module: module and function, called with the remaining
+# arguments before Lightning is imported (a non-zero integer returned is the exit status)
+LIGHT_COMMANDS: dict[str, tuple[str, str]] = {
+    "report": ("mtlora.report", "report_main"),
+    "sweep": ("mtlora.sweep", "sweep_main"),
+    "edge_eval": ("mtlora.metrics.edge_bsds", "edge_eval_main"),
+    "data": ("mtlora.cli_data", "data_main"),
 }
 
 
@@ -64,17 +75,12 @@ def run_cli(args: list[str] | None = None) -> MTLoRACLI | None:
         if not argv:
             raise SystemExit(2)
         return None
-    if argv[0] == "data":
-        from mtlora.cli_data import data_main
-
-        status = data_main(argv[1:])
-        if status:
+    if argv[0] in LIGHT_COMMANDS:
+        # no model and no data module: dispatched before Lightning is imported
+        module, function = LIGHT_COMMANDS[argv[0]]
+        status = getattr(importlib.import_module(module), function)(argv[1:])
+        if isinstance(status, int) and status:
             raise SystemExit(status)
-        return None
-    if argv[0] == "report":  # reads finished runs: no model, no data, so not a LightningCLI subcommand
-        from mtlora.report import report_main
-
-        report_main(argv[1:])
         return None
     from mtlora.lightning_cli import build_cli
 

@@ -86,6 +86,10 @@ class MultiTaskModule(LightningModule):
             ``nyud_swin_t``) or ``{"task/metric": value}``; None disables ``val/delta_m``.
         edge_max_dist: edge ODS matching tolerance as a fraction of the image diagonal
             (PASCAL 0.0075, NYUD 0.011, as SEISM).
+        edge_eval: ``fast`` (the live ``odsF`` approximation only) or ``exact``: ``mtlora test``
+            also scores edges by the BSDS/SEISM protocol of the MTL papers (thinning, one-to-one
+            matching, 99 thresholds; ``test/edge/odsF_bsds``, ``oisF_bsds``), on the CPU and slow,
+            so validation during training keeps the fast one (:mod:`mtlora.metrics.edge_bsds`).
         loss_weighting: how task losses combine: ``fixed`` (``loss_weights``, the paper's
             recipe), ``uncertainty`` (Kendall et al. 2018, learnable log-variances, no weight
             decay) or ``dwa`` (Dynamic Weight Average, Liu et al. 2019, T=2, on top of the fixed
@@ -117,6 +121,7 @@ class MultiTaskModule(LightningModule):
         batch_size: int = 32,
         delta_m_baseline: str | dict[str, float] | None = "pascal_context_swin_t",
         edge_max_dist: float = 0.0075,
+        edge_eval: Literal["fast", "exact"] = "fast",
         loss_weighting: Literal["fixed", "uncertainty", "dwa"] = "fixed",
         compile: bool = False,
         init_weights: str | None = None,
@@ -184,7 +189,10 @@ class MultiTaskModule(LightningModule):
         self.eval_losses = torch.nn.ModuleDict()
         for stage in ("val", "test"):
             self.evaluators[stage] = MultiTaskEvaluator(
-                list(task_channels), task_channels, edge_max_dist=self.hparams.edge_max_dist
+                list(task_channels),
+                task_channels,
+                edge_max_dist=self.hparams.edge_max_dist,
+                edge_exact=stage == "test" and self.hparams.get("edge_eval", "fast") == "exact",
             )
             self.eval_losses[stage] = LossMean(list(task_channels))
 

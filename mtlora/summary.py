@@ -32,7 +32,8 @@ def gmacs(model: MultiTaskModel, img_size: int) -> dict[str, float]:
         name.split(".", 1)[-1] if "." in name else name: sum(ops.values()) / 2e9
         for name, ops in counter.get_flop_counts().items()
     }
-    out = {"encoder": counts.get("backbone", 0.0)}
+    # adapter.per_task: the further tasks' encoder passes run in task_backbones
+    out = {"encoder": counts.get("backbone", 0.0) + counts.get("task_backbones", 0.0)}
     for task in model.tasks:
         out[f"decoder/{task}"] = counts.get(f"decoder.fusion.{task}", 0.0) + counts.get(
             f"decoder.heads.{task}", 0.0

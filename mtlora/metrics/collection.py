@@ -72,6 +72,7 @@ def build_task_metrics(
     *,
     edge_max_dist: float = 0.0075,
     edge_num_thresholds: int = 99,
+    edge_exact: bool = False,
 ) -> MetricCollection:
     """The metrics of one task as a collection whose ``compute()`` keys are ``<task>/<metric>``.
 
@@ -81,6 +82,8 @@ def build_task_metrics(
             defaults to 7; ignored by the other tasks.
         edge_max_dist: edge matching tolerance as a fraction of the image diagonal (0.011 for NYUD).
         edge_num_thresholds: thresholds of the edge ODS search.
+        edge_exact: also score edges by the BSDS/SEISM protocol (``odsF_bsds``, ``oisF_bsds``;
+            comparable with published tables, slow: :mod:`mtlora.metrics.edge_bsds`).
     """
     info = task_info(task)
     metric: Metric
@@ -99,7 +102,12 @@ def build_task_metrics(
         metric = DepthMetric()
     else:  # pragma: no cover - a new task kind in tasks.py without metrics here
         raise ValueError(f"no metrics defined for task {task!r} of kind {info.kind!r}")
-    return MetricCollection({info.kind: metric}, prefix=f"{task}/", compute_groups=False)
+    metrics = {info.kind: metric}
+    if task == "edge" and edge_exact:
+        from mtlora.metrics.edge_bsds import BSDSEdgeMetric
+
+        metrics["bsds"] = BSDSEdgeMetric(max_dist=edge_max_dist, num_thresholds=edge_num_thresholds)
+    return MetricCollection(metrics, prefix=f"{task}/", compute_groups=False)
 
 
 class MultiTaskEvaluator(nn.Module):
@@ -116,6 +124,7 @@ class MultiTaskEvaluator(nn.Module):
         num_classes: task → class count for segmentation tasks (``semseg`` is required).
         edge_max_dist: edge tolerance as a fraction of the image diagonal (PASCAL 0.0075, NYUD 0.011).
         edge_num_thresholds: thresholds of the edge ODS search.
+        edge_exact: also score edges by the BSDS/SEISM protocol (see :func:`build_task_metrics`).
     """
 
     def __init__(
@@ -125,6 +134,7 @@ class MultiTaskEvaluator(nn.Module):
         *,
         edge_max_dist: float = 0.0075,
         edge_num_thresholds: int = 99,
+        edge_exact: bool = False,
     ) -> None:
         super().__init__()
         self.tasks = validate_tasks(tasks)
@@ -136,6 +146,7 @@ class MultiTaskEvaluator(nn.Module):
                     num_classes.get(t),
                     edge_max_dist=edge_max_dist,
                     edge_num_thresholds=edge_num_thresholds,
+                    edge_exact=edge_exact,
                 )
                 for t in self.tasks
             }

@@ -25,6 +25,9 @@ InvPT school, which make the numbers **not comparable** with their odsF tables:
 * its own threshold grid rather than SEISM's, and evaluation at the
   resolution the data module delivers (448² resized labels in the MTLoRA protocol) rather than
   the original image size.
+
+The benchmark protocol itself (thinning, one-to-one matching, ODS and OIS) is
+:mod:`mtlora.metrics.edge_bsds`, run by ``mtlora test --model.edge_eval exact``.
 """
 
 from __future__ import annotations

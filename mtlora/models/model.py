@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 from mtlora.models.decoders import MultiTaskDecoder
@@ -104,6 +105,14 @@ class MultiTaskModel(nn.Module):
         if load_pretrained and self.encoder_config.pretrained:
             self.load_pretrained()
         self.plan: PlanReport = apply_plan(self.backbone, self.adapter_config, self.tasks)
+        self.task_backbones: nn.ModuleDict | None = None
+        if self.adapter_config.per_task:  # one adapter set per task, sharing the frozen weights
+            from mtlora.models.per_task import register_tied_state_hooks, tied_copy
+
+            copies = {t: tied_copy(self.backbone) for t in self.tasks[1:]}
+            self.task_backbones = nn.ModuleDict({t: c for t, (c, _) in copies.items()})
+            tied = next(iter(copies.values()))[1] if copies else []
+            register_tied_state_hooks(self, "task_backbones", "backbone", tied)
         self.decoder = MultiTaskDecoder(
             task_channels, self.backbone.out_channels, self.decoder_config.channels
         )
@@ -115,11 +124,24 @@ class MultiTaskModel(nn.Module):
         source = source or self.encoder_config.pretrained
         if not source:
             raise ValueError("no pretrained weights given: set encoder.pretrained")
-        return load_pretrained_backbone(self.backbone, source)
+        report = load_pretrained_backbone(self.backbone, source)
+        for encoder in (self.task_backbones or {}).values():  # their own trained copies start there too
+            load_pretrained_backbone(encoder, source)
+        return report
+
+    def encoders(self) -> list[nn.Module]:
+        """The encoder, plus one per further task with ``adapter.per_task`` (frozen weights shared)."""
+        return [self.backbone, *(self.task_backbones or {}).values()]
 
     def forward(self, image: Tensor) -> dict[str, Tensor]:
-        features = self.backbone(image)
-        return self.decoder(features, self.plan.stage_task_streams, tuple(image.shape[-2:]))
+        if self.task_backbones is None:
+            features = self.backbone(image)
+            return self.decoder(features, self.plan.stage_task_streams, tuple(image.shape[-2:]))
+        # one encoder pass per task; stream k of every stage is task k's encoder
+        per_task = [encoder(image) for encoder in self.encoders()]
+        features = [torch.cat(stage, dim=0) for stage in zip(*per_task)]
+        streams = [list(range(len(self.tasks)))] * len(features)
+        return self.decoder(features, streams, tuple(image.shape[-2:]))
 
     @property
     def task_channels(self) -> dict[str, int]:
@@ -139,13 +161,15 @@ class MultiTaskModel(nn.Module):
 def parameter_counts(model: MultiTaskModel) -> dict[str, int]:
     """Total and trainable parameters, split into encoder and decoder."""
 
-    def count(module: nn.Module, trainable: bool) -> int:
-        return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
+    def count(modules: list[nn.Module], trainable: bool) -> int:
+        params = {id(p): p for m in modules for p in m.parameters()}  # tied per-task weights once
+        return sum(p.numel() for p in params.values() if p.requires_grad or not trainable)
 
+    encoders = model.encoders()
     return {
-        "total": count(model, False),
-        "trainable": count(model, True),
-        "encoder_total": count(model.backbone, False),
-        "encoder_trainable": count(model.backbone, True),
-        "decoder_trainable": count(model.decoder, True),
+        "total": count([model], False),
+        "trainable": count([model], True),
+        "encoder_total": count(encoders, False),
+        "encoder_trainable": count(encoders, True),
+        "decoder_trainable": count([model.decoder], True),
     }

@@ -84,6 +84,10 @@ class AdapterConfig:
         compacter_n: ``compacter``: number ``n`` of shared ``n x n`` PHM rules (must divide
             every block width and bottleneck).
         compacter_rank: ``compacter``: rank of the per-layer PHM factors ``s_i t_i^T``.
+        per_task: one adapter set per task, the encoder run once per task (the setting of the
+            paper's Adapter/BitFit/VPT/Compacter rows, from Polyhistor): the trainable encoder
+            parameters exist once per task, the frozen ones once.  For the PEFT methods and
+            ``bitfit``; per-task LoRA is ``plan: [tasks, tasks, tasks, tasks]``.
     """
 
     method: Method = "mtlora"
@@ -109,6 +113,7 @@ class AdapterConfig:
     prompt_tokens: int = 50
     compacter_n: int = 4
     compacter_rank: int = 1
+    per_task: bool = False
 
 
 def per_stage(value, n: int, option: str) -> list:
@@ -279,6 +284,11 @@ def apply_plan(encoder: SwinEncoder, cfg: AdapterConfig, tasks: list[str]) -> Pl
         for opt, ranks in (("shared_rank", shared_rank), ("task_rank", task_rank)):
             if any(int(r) <= 0 for r in ranks):
                 raise ValueError(f"adapter.{opt} must be a positive integer (per stage), got {ranks}")
+    if cfg.per_task and cfg.method not in ("bitfit", *PEFT_METHODS):
+        raise ValueError(
+            f"adapter.per_task: only for bitfit and {list(PEFT_METHODS)}, not {cfg.method!r} "
+            "(LoRA per task: plan: [tasks, tasks, tasks, tasks]; full fine-tuning per task: one run per task)"
+        )
     plans = block_plans(cfg, tasks, depths)
 
     pattern = re.compile(r"layers\.(\d+)\.(?:blocks\.(\d+)\.(?:attn|mlp)\.(\w+)|downsample\.reduction)$")

@@ -119,7 +119,16 @@ def report_main(argv: Sequence[str]) -> dict[str, Any]:
         '(a named set or {"task/metric": value}) instead of using the logged val/delta_m',
     )
     parser.add_argument("--title", type=str, default="Multi-task results", help="title of table.md")
+    parser.add_argument(
+        "--experiment",
+        type=str | None,
+        default=None,
+        help="lay out the runs of `mtlora sweep --experiment X` like the paper's table/figure X "
+        "(table1|table2|table3|fig4|fig5); --runs defaults to runs/sweeps/X, files go to --out/X.*",
+    )
     args = parser.parse_args(list(argv))
+    if args.experiment:
+        return _experiment_main(args)
     try:
         result = build_report(
             args.runs, args.out, args.wandb_project, args.published, args.baseline, args.title
@@ -131,4 +140,18 @@ def report_main(argv: Sequence[str]) -> dict[str, Any]:
     print(f"wrote {', '.join(str(p) for p in result['paths'].values())}")
     if result["empty_plot_reason"]:
         print(f"{result['paths']['plot']} shows no measured run: {result['empty_plot_reason']}")
+    return result
+
+
+def _experiment_main(args) -> dict[str, Any]:
+    from mtlora.report.experiments import experiment_report
+
+    out = "reports" if args.out == "reports/table" else args.out
+    try:
+        result = experiment_report(args.experiment, args.runs[0] if args.runs else None, out, args.baseline)
+    except (ReportError, ValueError) as err:
+        print(f"mtlora report: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(result["markdown"])
+    print(f"wrote {', '.join(str(p) for p in result['paths'].values())}")
     return result
