@@ -299,6 +299,9 @@ class MultiTaskDataModule(LightningDataModule):
     #: Split used for validation / testing / prediction.
     val_split: str = "val"
     test_split: str = "val"
+    #: ``data.root`` as given (kept as a string so URIs like ``s3://...`` survive); subclasses
+    #: reading a folder set it, and a root holding a prepared-data manifest is read from there.
+    data_uri: str | None = None
 
     def __init__(
         self,
@@ -402,11 +405,29 @@ class MultiTaskDataModule(LightningDataModule):
             **self.transform_options,
         )
 
+    @property
+    def prepared(self) -> dict[str, Any] | None:
+        """Manifest of the prepared data set at :attr:`data_uri`, None for a raw folder."""
+        if not hasattr(self, "_prepared"):
+            from mtlora.data.prepared import check_manifest, load_manifest
+
+            manifest = load_manifest(self.data_uri) if self.data_uri is not None else None
+            if manifest is not None:
+                check_manifest(manifest, self.data_uri, type(self).__name__, self.tasks)
+            self._prepared = manifest
+        return self._prepared
+
     def build_dataset(self, split: str, train: bool) -> MultiTaskDataset:
         """Dataset of one split with the training or evaluation transform."""
+        if self.prepared is not None:
+            from mtlora.data.prepared import prepared_split
+
+            ids, read = prepared_split(self.prepared, self.data_uri, split, self.tasks)
+        else:
+            ids, read = self.split_ids(split), self.make_reader(split)
         return MultiTaskDataset(
-            self.split_ids(split),
-            self.make_reader(split),
+            ids,
+            read,
             self.build_transform(train),
             skip_broken=self.skip_broken,
             name=f"{type(self).__name__}/{split}",

@@ -214,6 +214,7 @@ class NYUDDataModule(MultiTaskDataModule):
         self.transform_options["scale_choices"] = tuple(scale_choices) if scale_choices else None
         self.build_transform(train=True)  # fail on bad augmentation options now, not in a worker
         self.root = Path(root).expanduser()
+        self.data_uri = str(root)  # a raw folder, or a prepared data set (local or URI)
         if layout not in ("auto", "NYUD_MT", "NYUDv2"):
             raise ValueError(f"layout must be 'auto', 'NYUD_MT' or 'NYUDv2', got {layout!r}")
         # the folder is checked when data is first needed (prepare_data/setup), so the module
@@ -224,6 +225,8 @@ class NYUDDataModule(MultiTaskDataModule):
 
     def check_root(self) -> None:
         """Fail with where the data is expected and where it comes from, if the folder is missing."""
+        if self.prepared is not None:
+            return
         required = [self.root / "images", self.root / "gt_sets"]
         missing = [p for p in required if not p.is_dir()]
         if missing:
@@ -254,7 +257,7 @@ class NYUDDataModule(MultiTaskDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.check_root()
-        missing = [
+        missing = [] if self.prepared is not None else [
             f"{_TASK_FOLDER[task]}/ (task {task})"
             for task in self.tasks
             if not (self.root / _TASK_FOLDER[task]).is_dir()

@@ -327,13 +327,15 @@ class PascalContextDataModule(MultiTaskDataModule):
             skip_broken=skip_broken,
         )
         self.root = Path(root).expanduser()
+        self.data_uri = str(root)  # a raw folder, or a prepared data set (local or URI)
         # the folder is checked when data is first needed (prepare_data/setup), so the module
         # can be built without data, e.g. by `mtlora summary`
         self.save_hyperparameters()
 
     def check_root(self) -> None:
         """Fail with where the data is expected and where it comes from, if the folder is missing."""
-        _check_root(self.root)
+        if self.prepared is None:
+            _check_root(self.root)
 
     def prepare_data(self) -> None:
         self.check_root()
@@ -354,7 +356,8 @@ class PascalContextDataModule(MultiTaskDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.check_root()
-        self._check_task_folders()
+        if self.prepared is None:
+            self._check_task_folders()
         super().setup(stage)
 
     def _check_task_folders(self) -> None:
