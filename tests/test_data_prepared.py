@@ -10,7 +10,7 @@ import yaml
 
 from mtlora.cli_data import data_main
 from mtlora.data import DataError, NYUDDataModule, PascalContextDataModule
-from mtlora.data.prepared import MANIFEST, load_manifest, prepare_dataset
+from mtlora.data.prepared import MANIFEST, decode_prepared, encode_sample, load_manifest, prepare_dataset
 
 try:
     from fixtures_data import write_fake_nyud, write_fake_pascal
@@ -32,21 +32,46 @@ def assert_same_samples(raw_dm, prepared_dm, split: str) -> None:
             np.testing.assert_array_equal(got[key], value, err_msg=f"{sample_id} {key}")
 
 
-@pytest.mark.parametrize("label_format", ["raw", "png"])
-def test_pascal_prepared_samples_are_bit_identical(tmp_path, label_format):
-    fake = write_fake_pascal(tmp_path / "PASCAL_MT", n_train=4, n_val=3)
+@pytest.fixture(scope="module")
+def pascal_prepared(tmp_path_factory):
+    """One fake PASCAL_MT folder and its preparation (LitData's optimize takes seconds to start)."""
+    tmp = tmp_path_factory.mktemp("pascal")
+    fake = write_fake_pascal(tmp / "PASCAL_MT", n_train=4, n_val=3)
+    manifest = prepare_dataset(
+        PascalContextDataModule(str(fake.root), tasks=PASCAL_TASKS, num_workers=0),
+        tmp / "prep",
+        num_workers=2,
+    )
+    return fake, tmp / "prep", manifest
+
+
+def test_pascal_prepared_samples_are_bit_identical(pascal_prepared):
+    fake, prep, manifest = pascal_prepared
     raw_dm = PascalContextDataModule(str(fake.root), tasks=PASCAL_TASKS, num_workers=0)
-    manifest = prepare_dataset(raw_dm, tmp_path / "prep", label_format=label_format)
-    prepared_dm = PascalContextDataModule(str(tmp_path / "prep"), tasks=PASCAL_TASKS, num_workers=0)
+    prepared_dm = PascalContextDataModule(str(prep), tasks=PASCAL_TASKS, num_workers=0)
     assert prepared_dm.prepared == manifest
     for split in ("train", "val"):
         assert_same_samples(raw_dm, prepared_dm, split)
     assert manifest["splits"]["train"]["ids"] == fake.train
-    assert manifest["tasks"] == PASCAL_TASKS and manifest["label_format"] == label_format
+    assert manifest["tasks"] == PASCAL_TASKS and manifest["label_format"] == "raw"
     assert manifest["source"] == str(fake.root.resolve())
     assert manifest["source_files"] == sum(1 for p in fake.root.rglob("*") if p.is_file())
     assert manifest["source_bytes"] == sum(p.stat().st_size for p in fake.root.rglob("*") if p.is_file())
     assert manifest["litdata_version"] and manifest["mtlora_version"]
+
+
+def test_png_label_format_round_trips_exactly(tmp_path):
+    fake = write_fake_pascal(tmp_path / "PASCAL_MT")
+    reader = PascalContextDataModule(str(fake.root), tasks=PASCAL_TASKS).make_reader("train")
+    for sample_id in fake.train:
+        decoded = reader(sample_id)
+        image_bytes = (fake.root / "JPEGImages" / f"{sample_id}.jpg").read_bytes()
+        item = encode_sample(sample_id, image_bytes, decoded, label_format="png")
+        assert isinstance(item["semseg"], bytes) and item["normals"].dtype == np.uint8
+        got = decode_prepared(item, PASCAL_TASKS)
+        for key, value in decoded.items():
+            assert got[key].dtype == value.dtype
+            np.testing.assert_array_equal(got[key], value, err_msg=f"{sample_id} {key}")
 
 
 @pytest.mark.parametrize("layout", ["NYUD_MT", "NYUDv2"])
@@ -60,12 +85,10 @@ def test_nyud_prepared_samples_are_bit_identical(tmp_path, layout):
     assert prepared_dm.prepared["nyud_layout"] == layout
 
 
-def test_prepared_root_trains_through_the_loaders(tmp_path):
-    fake = write_fake_pascal(tmp_path / "PASCAL_MT", n_train=4, n_val=2)
-    raw_dm = PascalContextDataModule(str(fake.root), num_workers=0, img_size=32, batch_size=2, augment_on="cpu")
-    prepare_dataset(raw_dm, tmp_path / "prep")
+def test_prepared_root_trains_through_the_loaders(pascal_prepared):
+    fake, prep, _ = pascal_prepared
     batches = {}
-    for name, root in (("raw", fake.root), ("prepared", tmp_path / "prep")):
+    for name, root in (("raw", fake.root), ("prepared", prep)):
         dm = PascalContextDataModule(str(root), num_workers=0, img_size=32, batch_size=2, augment_on="cpu")
         dm.setup("fit")
         batches[name] = [list(dm.train_dataloader()), list(dm.val_dataloader())]
@@ -77,9 +100,9 @@ def test_prepared_root_trains_through_the_loaders(tmp_path):
             assert raw_batch["meta"] == prepared_batch["meta"]
 
 
-def test_unfinished_preparation_is_not_a_prepared_root_and_is_redone(tmp_path, monkeypatch):
+def test_unfinished_preparation_is_redone_and_cli_prepares_from_config(tmp_path, monkeypatch, capsys):
     fake = write_fake_pascal(tmp_path / "PASCAL_MT")
-    dm = PascalContextDataModule(str(fake.root), num_workers=0)
+    out = tmp_path / "prep"
     import litdata
 
     def crash(*args, **kwargs):
@@ -88,36 +111,28 @@ def test_unfinished_preparation_is_not_a_prepared_root_and_is_redone(tmp_path, m
     with monkeypatch.context() as patch:
         patch.setattr(litdata, "optimize", crash)
         with pytest.raises(KeyboardInterrupt):
-            prepare_dataset(dm, tmp_path / "prep")
-    assert (tmp_path / "prep").is_dir() and load_manifest(tmp_path / "prep") is None
+            prepare_dataset(PascalContextDataModule(str(fake.root), num_workers=0), out)
+    assert out.is_dir() and load_manifest(out) is None
     with pytest.raises(DataError, match="PASCAL-Context data not found"):
-        PascalContextDataModule(str(tmp_path / "prep"), num_workers=0).setup("fit")
-    prepare_dataset(dm, tmp_path / "prep")
-    assert load_manifest(tmp_path / "prep") is not None
-    with pytest.raises(DataError, match="--overwrite"):
-        prepare_dataset(dm, tmp_path / "prep")
+        PascalContextDataModule(str(out), num_workers=0).setup("fit")
 
-
-def test_prepared_root_rejects_other_tasks_and_data_class(tmp_path):
-    fake = write_fake_pascal(tmp_path / "PASCAL_MT")
-    prepare_dataset(PascalContextDataModule(str(fake.root), tasks=["semseg"], num_workers=0), tmp_path / "p")
-    with pytest.raises(DataError, match=r"lacks \['sal'\]"):
-        PascalContextDataModule(str(tmp_path / "p"), tasks=["semseg", "sal"], num_workers=0).setup("fit")
-    with pytest.raises(DataError, match="prepared for PascalContextDataModule"):
-        NYUDDataModule(str(tmp_path / "p"), tasks=["semseg"], num_workers=0).setup("fit")
-    (tmp_path / "p" / MANIFEST).write_text("{not json")
-    with pytest.raises(DataError, match="not valid JSON"):
-        load_manifest(tmp_path / "p")
-
-
-def test_cli_prepare_from_config(tmp_path, capsys):
-    fake = write_fake_pascal(tmp_path / "PASCAL_MT")
     config = tmp_path / "c.yaml"
     data = {"class_path": "mtlora.data.PascalContextDataModule", "init_args": {"root": "x", "tasks": ["sal"]}}
     config.write_text(yaml.safe_dump({"data": data}))
-    out = tmp_path / "prep"
     argv = ["prepare", "--config", str(config), "--data.root", str(fake.root), "--out", str(out)]
-    assert data_main(argv) == 0
-    assert "train: 3, val: 2" in capsys.readouterr().out
+    assert data_main([*argv, "--splits", "[train]"]) == 0
+    assert "train: 3" in capsys.readouterr().out
     manifest = json.loads((out / MANIFEST).read_text())
-    assert manifest["tasks"] == ["sal"] and sorted(manifest["splits"]) == ["train", "val"]
+    assert manifest["tasks"] == ["sal"] and sorted(manifest["splits"]) == ["train"]
+    with pytest.raises(DataError, match="--overwrite"):
+        data_main(argv)
+
+    with pytest.raises(DataError, match=r"lacks \['semseg'\]"):
+        PascalContextDataModule(str(out), tasks=["semseg", "sal"], num_workers=0).setup("fit")
+    with pytest.raises(DataError, match="prepared for PascalContextDataModule"):
+        NYUDDataModule(str(out), tasks=["semseg"], num_workers=0).setup("fit")
+    with pytest.raises(DataError, match="no prepared split 'val'"):
+        PascalContextDataModule(str(out), tasks=["sal"], num_workers=0).setup("validate")
+    (out / MANIFEST).write_text("{not json")
+    with pytest.raises(DataError, match="not valid JSON"):
+        load_manifest(out)

@@ -40,8 +40,9 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 from torch.utils.data._utils.collate import default_collate
 
+from mtlora.data.device_augment import AUGMENT_KEY, DeviceAugment, DevicePrep
 from mtlora.data.io import DataError
-from mtlora.data.transforms import BorderLabel, EvalResolution, MultiTaskTransform
+from mtlora.data.transforms import AugmentOn, BorderLabel, EvalResolution, MultiTaskTransform
 from mtlora.tasks import TASKS, validate_tasks
 
 __all__ = [
@@ -107,7 +108,7 @@ class MultiTaskDataset(Dataset):
         self,
         ids: Sequence[str],
         read: Reader,
-        transform: MultiTaskTransform,
+        transform: MultiTaskTransform | DevicePrep,
         skip_broken: bool = False,
         name: str = "",
     ) -> None:
@@ -292,6 +293,9 @@ class MultiTaskDataModule(LightningDataModule):
         border_label: "ignore" (255) or "official" (0) for pixels created by the warp border.
         eval_resolution: "resized" (labels at img_size², official protocol) or "original".
         skip_broken: skip unreadable samples instead of raising (counted and logged).
+        augment_on: where the training augmentation runs: "device" (default; loader workers
+            only decode, the warps run batched on the training device after the transfer, see
+            :mod:`mtlora.data.device_augment`) or "cpu" (albumentations in the workers).
     """
 
     #: Tasks this data set can provide; subclasses override.
@@ -319,8 +323,12 @@ class MultiTaskDataModule(LightningDataModule):
         border_label: BorderLabel = "ignore",
         eval_resolution: EvalResolution = "resized",
         skip_broken: bool = False,
+        augment_on: AugmentOn = "device",
     ) -> None:
         super().__init__()
+        if augment_on not in ("device", "cpu"):
+            raise ValueError(f"augment_on must be 'device' or 'cpu', got {augment_on!r}")
+        self.augment_on = augment_on
         self.tasks = validate_tasks(tasks)
         unsupported = [task for task in self.tasks if task not in self.available_tasks]
         if unsupported:
@@ -393,8 +401,23 @@ class MultiTaskDataModule(LightningDataModule):
         """Broken samples skipped so far over all splits and workers (``skip_broken=True``)."""
         return sum(dataset.skipped_count for dataset in self.datasets.values())
 
-    def build_transform(self, train: bool) -> MultiTaskTransform:
-        """The transform of a training (augmented) or evaluation split."""
+    def build_transform(self, train: bool) -> MultiTaskTransform | DevicePrep:
+        """The transform of a training (augmented) or evaluation split.
+
+        With ``augment_on="device"`` training samples only get their parameters drawn here;
+        :meth:`on_after_batch_transfer` applies them to the batch on the device.
+        """
+        if train and self.augment_on == "device":
+            options = self.transform_options
+            return DevicePrep(
+                self.tasks,
+                augment=self.augment,
+                flip=options["flip"],
+                rotation=options["rotation"],
+                scale_range=options["scale_range"],
+                scale_choices=options["scale_choices"],
+                seed=self.seed,
+            )
         return MultiTaskTransform(
             self.tasks,
             self.img_size,
@@ -472,6 +495,13 @@ class MultiTaskDataModule(LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._train_resume = state_dict.get("train_loader")
 
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Run the device-side training augmentation on a batch that already is on the device."""
+        if isinstance(batch, dict) and AUGMENT_KEY in batch:
+            augment = DeviceAugment(self.tasks, self.img_size, self.transform_options["border_label"])
+            return augment(batch)
+        return batch
+
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False, drop_last=False)
 
@@ -516,7 +546,7 @@ class MultiTaskDataModule(LightningDataModule):
             sampler=sampler,
             drop_last=drop_last,
             num_workers=self.num_workers,
-            collate_fn=collate_multitask,
+            collate_fn=getattr(dataset.transform, "collate", collate_multitask),
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             worker_init_fn=partial(seed_worker, base_seed=self.seed, rank=rank) if self.num_workers else None,

@@ -39,7 +39,7 @@ from mtlora.data.io import (
     read_rgb,
     require_same_size,
 )
-from mtlora.data.transforms import BorderLabel, EvalResolution
+from mtlora.data.transforms import AugmentOn, BorderLabel, EvalResolution
 from mtlora.tasks import IGNORE_INDEX
 
 __all__ = [
@@ -309,6 +309,7 @@ class PascalContextDataModule(MultiTaskDataModule):
         border_label: BorderLabel = "ignore",
         eval_resolution: EvalResolution = "resized",
         skip_broken: bool = False,
+        augment_on: AugmentOn = "device",
     ) -> None:
         super().__init__(
             tasks=list(tasks) if tasks is not None else ["semseg", "human_parts", "sal", "normals"],
@@ -325,6 +326,7 @@ class PascalContextDataModule(MultiTaskDataModule):
             border_label=border_label,
             eval_resolution=eval_resolution,
             skip_broken=skip_broken,
+            augment_on=augment_on,
         )
         self.root = Path(root).expanduser()
         self.data_uri = str(root)  # a raw folder, or a prepared data set (local or URI)

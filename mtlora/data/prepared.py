@@ -119,7 +119,9 @@ def prepared_split(
     splits = manifest.get("splits", {})
     if split not in splits:
         raise DataError(f"data.root {root} has no prepared split {split!r}; prepared: {sorted(splits)}")
-    split_uri = _join(root, split) if is_uri(root) else str(Path(root.removeprefix("file://")).expanduser() / split)
+    split_uri = (
+        _join(root, split) if is_uri(root) else str(Path(root.removeprefix("file://")).expanduser() / split)
+    )
     ids = list(splits[split]["ids"])
     return ids, PreparedReader(split_uri, ids, tasks)
 
