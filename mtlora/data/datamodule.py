@@ -445,7 +445,8 @@ class MultiTaskDataModule(LightningDataModule):
         if self.prepared is not None:
             from mtlora.data.prepared import prepared_split
 
-            ids, read = prepared_split(self.prepared, self.data_uri, split, self.tasks)
+            compact = train and self.augment_on == "device"  # normals decoded on the device
+            ids, read = prepared_split(self.prepared, self.data_uri, split, self.tasks, compact)
         else:
             ids, read = self.split_ids(split), self.make_reader(split)
         return MultiTaskDataset(

@@ -5,8 +5,9 @@ sample in the loader workers, which costs more CPU time per sample than decoding
 ``img_size``² float tensors between processes.  Here the work is split:
 
 * in the loader worker, :class:`DevicePrep` only draws the sample's random parameters and
-  returns the decoded arrays as compact tensors (image and labels uint8, normals float16,
-  depth float32); :func:`collate_padded` zero-pads the samples of a batch to a common size;
+  returns the decoded arrays as compact ``H x W``-leading tensors (image and labels uint8,
+  normals float16 or their 8-bit code from a prepared data set, depth float32);
+  :func:`collate_padded` zero-pads the samples of a batch to a common size;
 * after the batch reached the device, :class:`DeviceAugment` composes, per sample, the flip,
   the rotation/zoom about the centre and the resize to ``img_size``² into one sampling grid
   and resamples everything with one ``grid_sample`` call per kind (bicubic for image and
@@ -31,7 +32,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data._utils.collate import default_collate
 
 from mtlora.data.transforms import _MIN_NORMAL_NORM, _NUM_PARTS, IMAGENET_MEAN, IMAGENET_STD, BorderLabel
 from mtlora.tasks import IGNORE_INDEX, validate_tasks
@@ -99,17 +99,19 @@ class DevicePrep:
             raise KeyError(f"decoded sample lacks {['image'] * ('image' not in sample) + missing}")
         flip, angle, scale = self.draw()
         height, width = sample["image"].shape[:2]
-        out = {
-            "image": torch.from_numpy(np.require(sample["image"].transpose(2, 0, 1), np.uint8, ["C", "W"]))
-        }
+        # H x W leading, no transposes: the collate copies once, the device permutes
+        out = {"image": _tensor(sample["image"], np.uint8)}
         for task in self.tasks:
             value = sample[task]
             if task in _LABELS:
-                out[task] = torch.from_numpy(np.require(value, np.uint8, ["C", "W"]))
+                out[task] = _tensor(value, np.uint8)
+            elif task == "normals" and value.dtype == np.uint8:  # 8-bit code of a prepared data set
+                out[task] = _tensor(value, np.uint8)
+                out["normals_zero"] = _tensor(sample["normals_zero"], np.uint8)
             elif task == "normals":
-                out[task] = torch.from_numpy(np.ascontiguousarray(value.transpose(2, 0, 1), dtype=np.float16))
+                out[task] = _tensor(value, np.float16)
             elif task == "depth":
-                out[task] = torch.from_numpy(np.require(value[None], np.float32, ["C", "W"]))
+                out[task] = _tensor(value, np.float32)
         out[AUGMENT_KEY] = torch.tensor([float(flip), angle, scale, height, width], dtype=torch.float64)
         return out
 
@@ -118,22 +120,34 @@ class DevicePrep:
         return collate_padded(samples)
 
 
+def _tensor(array: np.ndarray, dtype: type) -> torch.Tensor:
+    return torch.from_numpy(np.require(array, dtype, ["C", "W"]))
+
+
+def _normals_code_to_float(code: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    normals = code.float() * (2.0 / 255.0) - 1.0
+    return normals.masked_fill(zero.bool()[..., None], 0.0)
+
+
 def collate_padded(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Zero-pad every image-shaped tensor to the largest ``H x W`` of the batch, then stack."""
-    metas = [sample.pop("meta", {}) for sample in samples]
-    height = max(int(s["image"].shape[-2]) for s in samples)
-    width = max(int(s["image"].shape[-1]) for s in samples)
-    padded = []
-    for sample in samples:
-        padded.append(
-            {
-                key: F.pad(value, (0, width - value.shape[-1], 0, height - value.shape[-2]))
-                if key != AUGMENT_KEY
-                else value
-                for key, value in sample.items()
-            }
-        )
-    batch = default_collate(padded)
+    """Stack samples whose tensors are ``H x W``-leading, zero-padded to the batch's largest size."""
+    metas = [sample.get("meta", {}) for sample in samples]
+    if any("normals_zero" in s for s in samples) and not all("normals_zero" in s for s in samples):
+        for sample in samples:  # mixed normals storage (8-bit code and float): all float16
+            if "normals_zero" in sample:
+                code, zero = sample.pop("normals"), sample.pop("normals_zero")
+                sample["normals"] = _normals_code_to_float(code, zero).half()
+    height = max(int(s["image"].shape[0]) for s in samples)
+    width = max(int(s["image"].shape[1]) for s in samples)
+    batch: dict[str, Any] = {AUGMENT_KEY: torch.stack([s[AUGMENT_KEY] for s in samples])}
+    for key, value in samples[0].items():
+        if key in ("meta", AUGMENT_KEY):
+            continue
+        stacked = value.new_zeros((len(samples), height, width, *value.shape[2:]))
+        for row, sample in enumerate(samples):
+            tensor = sample[key]
+            stacked[row, : tensor.shape[0], : tensor.shape[1]] = tensor
+        batch[key] = stacked
     if metas[0]:
         batch["meta"] = {key: [meta[key] for meta in metas] for key in metas[0]}
     return batch
@@ -179,7 +193,7 @@ class DeviceAugment:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         params = batch.pop(AUGMENT_KEY)
-        image = batch["image"]
+        image = batch["image"].permute(0, 3, 1, 2)
         padded_h, padded_w = image.shape[-2:]
         x, y = self.source_coordinates(params)
         grid = torch.stack([(2 * x + 1) / padded_w - 1, (2 * y + 1) / padded_h - 1], dim=-1)
@@ -196,7 +210,7 @@ class DeviceAugment:
         def resample(value: torch.Tensor, mode: str) -> torch.Tensor:
             return F.grid_sample(value.to(dtype), grid, mode=mode, padding_mode="zeros", align_corners=False)
 
-        out = {key: value for key, value in batch.items() if key not in self.tasks}
+        out = {key: value for key, value in batch.items() if key not in (*self.tasks, "normals_zero")}
         mean = torch.tensor(IMAGENET_MEAN, dtype=dtype, device=image.device).view(1, 3, 1, 1) * 255
         std = torch.tensor(IMAGENET_STD, dtype=dtype, device=image.device).view(1, 3, 1, 1) * 255
         out["image"] = (resample(image, "bicubic").clamp(0, 255) - mean) / std
@@ -212,10 +226,15 @@ class DeviceAugment:
                     )
                 out[task] = labels.long() if task in ("semseg", "human_parts") else labels[:, None]
             elif task == "normals":
+                if "normals_zero" in batch:
+                    value = _normals_code_to_float(value, batch["normals_zero"])
+                value = value.permute(0, 3, 1, 2)
                 out[task] = self._normals(resample(value, "bicubic"), params.to(dtype))
             elif task == "depth":
                 depth = (
-                    resample(value, "nearest") * inside[:, None] / params[:, 2, None, None, None].to(dtype)
+                    resample(value[:, None], "nearest")
+                    * inside[:, None]
+                    / params[:, 2, None, None, None].to(dtype)
                 )
                 out[task] = torch.where(
                     (depth > 0) & depth.isfinite(), depth, torch.full_like(depth, IGNORE_INDEX)
