@@ -151,3 +151,23 @@ def test_device_and_cpu_options_are_validated(tmp_path):
         DeviceAugment(["semseg"], 32, border_label="zero")
     with pytest.raises(ValueError, match="rotation"):
         DevicePrep(["semseg"], rotation=-1)
+
+
+def test_resumed_loader_gives_the_same_device_augmented_batches(tmp_path):
+    fake = write_fake_pascal(tmp_path / "P", n_train=6, n_val=1)
+
+    def datamodule():
+        dm = PascalContextDataModule(str(fake.root), tasks=TASKS, num_workers=0, img_size=32, batch_size=2)
+        dm.setup("fit")
+        return dm
+
+    dm = datamodule()
+    full = [dm.on_after_batch_transfer(batch, 0) for batch in dm.train_dataloader()]
+    resumed_dm = datamodule()
+    resumed_dm.load_state_dict({"train_loader": {"epoch": 0, "batches": 1}})
+    rest = [resumed_dm.on_after_batch_transfer(batch, 0) for batch in resumed_dm.train_dataloader()]
+    assert len(rest) == len(full) - 1 == 2
+    for expected, got in zip(full[1:], rest):
+        assert expected["meta"] == got["meta"]
+        for key in ["image", *TASKS]:
+            assert torch.equal(expected[key], got[key]), key
