@@ -293,9 +293,8 @@ class MultiTaskDataModule(LightningDataModule):
         border_label: "ignore" (255) or "official" (0) for pixels created by the warp border.
         eval_resolution: "resized" (labels at img_size², official protocol) or "original".
         skip_broken: skip unreadable samples instead of raising (counted and logged).
-        augment_on: where the training augmentation runs: "device" (default; loader workers
-            only decode, the warps run batched on the training device after the transfer, see
-            :mod:`mtlora.data.device_augment`) or "cpu" (albumentations in the workers).
+        augment_on: where the training augmentation runs: "device" (workers only decode;
+            the warps run batched on the training device after the transfer) or "cpu".
     """
 
     #: Tasks this data set can provide; subclasses override.
