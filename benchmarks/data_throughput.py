@@ -252,8 +252,9 @@ official batch 32 needs about {cores_per_step:.1f} CPU cores of data loading.{sc
 CPU milliseconds (process time) of ONE thread per training sample in the loader (decode + what the worker does
 after it + collate), tasks {", ".join(args.tasks)}, {args.cost_samples} fake PASCAL_MT samples of 500x375
 (real formats: JPEG, PNG, PASCAL-Part and LabelMap .mat), output {args.img_size}²; the three cases run
-interleaved, {args.rounds} rounds, best round each.  Same machine and command as above (shared: 1-min
-load average {load:.1f} at start).
+interleaved, {args.rounds} rounds, best round each.  Machine: {cpu}, shared with other jobs (1-min
+load average {load:.1f} at start; process time is far less sensitive to that than wall time).
+Command: `{command.strip()}`.
 
 | case | ms / sample | MB / sample to the main process |
 |---|---|---|
