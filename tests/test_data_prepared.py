@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from mtlora.cli_data import data_main
-from mtlora.data import DataError, NYUDDataModule, PascalContextDataModule
+from mtlora.data import DataError, NYUDDataModule, PascalContextDataModule, check_data_folder
 from mtlora.data.prepared import MANIFEST, decode_prepared, encode_sample, load_manifest, prepare_dataset
 
 try:
@@ -120,8 +120,8 @@ def test_unfinished_preparation_is_redone_and_cli_prepares_from_config(tmp_path,
         patch.setattr(litdata, "optimize", crash)
         with pytest.raises(KeyboardInterrupt):
             prepare_dataset(PascalContextDataModule(str(fake.root), num_workers=0), out)
-    assert out.is_dir() and load_manifest(out) is None
-    with pytest.raises(DataError, match="PASCAL-Context data not found"):
+    assert out.is_dir() and not (out / MANIFEST).exists()
+    with pytest.raises(DataError, match="unfinished preparation"):
         PascalContextDataModule(str(out), num_workers=0).setup("fit")
 
     config = tmp_path / "c.yaml"
@@ -141,6 +141,14 @@ def test_unfinished_preparation_is_redone_and_cli_prepares_from_config(tmp_path,
         NYUDDataModule(str(out), tasks=["semseg"], num_workers=0).setup("fit")
     with pytest.raises(DataError, match="no prepared split 'val'"):
         PascalContextDataModule(str(out), tasks=["sal"], num_workers=0).setup("validate")
+    with pytest.raises(DataError, match="is a prepared data set"):
+        check_data_folder(PascalContextDataModule(str(out), tasks=["sal"]))
+    other = tmp_path / "not_a_preparation"
+    other.mkdir()
+    (other / "keep.txt").write_text("precious")
+    with pytest.raises(DataError, match="is not a preparation"):
+        prepare_dataset(PascalContextDataModule(str(fake.root), num_workers=0), other)
+    assert (other / "keep.txt").read_text() == "precious"
     (out / MANIFEST).write_text("{not json")
     with pytest.raises(DataError, match="not valid JSON"):
         load_manifest(out)

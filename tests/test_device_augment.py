@@ -153,11 +153,18 @@ def test_device_and_cpu_options_are_validated(tmp_path):
         DevicePrep(["semseg"], rotation=-1)
 
 
-def test_resumed_loader_gives_the_same_device_augmented_batches(tmp_path):
+def test_device_batches_do_not_depend_on_resuming_or_worker_count(tmp_path):
     fake = write_fake_pascal(tmp_path / "P", n_train=6, n_val=1)
 
-    def datamodule():
-        dm = PascalContextDataModule(str(fake.root), tasks=TASKS, num_workers=0, img_size=32, batch_size=2)
+    def datamodule(num_workers=0):
+        dm = PascalContextDataModule(
+            str(fake.root),
+            tasks=TASKS,
+            num_workers=num_workers,
+            img_size=32,
+            batch_size=2,
+            persistent_workers=False,
+        )
         dm.setup("fit")
         return dm
 
@@ -168,6 +175,13 @@ def test_resumed_loader_gives_the_same_device_augmented_batches(tmp_path):
     rest = [resumed_dm.on_after_batch_transfer(batch, 0) for batch in resumed_dm.train_dataloader()]
     assert len(rest) == len(full) - 1 == 2
     for expected, got in zip(full[1:], rest):
+        assert expected["meta"] == got["meta"]
+        for key in ["image", *TASKS]:
+            assert torch.equal(expected[key], got[key]), key
+
+    with_workers = [batch for batch in datamodule(num_workers=2).train_dataloader()]
+    for expected, got in zip(full, with_workers):  # the worker count changes nothing
+        got = datamodule().on_after_batch_transfer(got, 0)
         assert expected["meta"] == got["meta"]
         for key in ["image", *TASKS]:
             assert torch.equal(expected[key], got[key]), key

@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 MANIFEST = "mtlora_prepared.json"
+_PREPARING = ".mtlora_preparing"
 FORMAT = "mtlora-prepared"
 FORMAT_VERSION = 1
 LABEL_FORMATS = ("raw", "png")
@@ -81,6 +82,11 @@ def load_manifest(root: str | os.PathLike) -> dict[str, Any] | None:
     else:
         path = Path(root.removeprefix("file://")).expanduser() / MANIFEST
         if not path.is_file():
+            if (path.parent / _PREPARING).exists():
+                raise DataError(
+                    f"{path.parent} is an unfinished preparation (interrupted `mtlora data prepare`); "
+                    "run it again"
+                )
             return None
         text, where = path.read_text(), str(path)
     try:
@@ -270,12 +276,6 @@ def _source_stats(root: Path) -> tuple[int, int]:
     return files, size
 
 
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
-
-
 def prepare_dataset(
     datamodule: Any,
     out: str | os.PathLike,
@@ -294,21 +294,26 @@ def prepare_dataset(
     import litdata
 
     import mtlora
+    from mtlora.callbacks import write_json_atomic
 
     if label_format not in LABEL_FORMATS:
         raise ValueError(f"label_format must be one of {LABEL_FORMATS}, got {label_format!r}")
     if getattr(datamodule, "prepared", None) is not None:
         raise DataError(f"data.root {datamodule.data_uri} is already a prepared data set")
     out = Path(out).expanduser().resolve()
-    if load_manifest(out) is not None and not overwrite:
+    finished = (out / MANIFEST).is_file()
+    if finished and not overwrite:
         raise DataError(f"{out} already holds a finished preparation; pass --overwrite to replace it")
     source = Path(datamodule.root).resolve()
-    if out == source or source in out.parents:
-        raise DataError(f"--out {out} must not lie inside the raw data folder {source}")
+    if out == source or source in out.parents or out in source.parents:
+        raise DataError(f"--out {out} and the raw data folder {source} must not contain each other")
     datamodule.check_root()
-    if out.exists():
+    if out.exists() and any(out.iterdir()):
+        if not finished and not (out / _PREPARING).exists():
+            raise DataError(f"--out {out} exists and is not a preparation; give an empty or new folder")
         shutil.rmtree(out)  # an unfinished or replaced preparation
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / _PREPARING).touch()  # marks the folder as ours until the manifest replaces it
     files, size = _source_stats(source)
     manifest: dict[str, Any] = {
         "format": FORMAT,
@@ -338,5 +343,6 @@ def prepare_dataset(
             verbose=True,
         )
         manifest["splits"][split] = {"count": len(ids), "ids": ids}
-    _write_json_atomic(out / MANIFEST, manifest)  # last: marks the preparation as finished
+    write_json_atomic(out / MANIFEST, manifest)  # last: marks the preparation as finished
+    (out / _PREPARING).unlink()
     return manifest
