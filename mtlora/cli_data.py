@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Literal
 
 import yaml
 from jsonargparse import ArgumentParser
@@ -67,7 +68,10 @@ def _prepare_parser() -> ArgumentParser:
     parser.add_argument("--splits", type=list[str] | None, default=None, help="splits (default: all)")
     parser.add_argument("--num_workers", type=int, default=1, help="preparing processes")
     parser.add_argument(
-        "--label_format", type=str, default="raw", help="label maps as 'raw' uint8 (fastest) or 'png'"
+        "--label_format",
+        type=Literal["raw", "png"],
+        default="raw",
+        help="label maps as 'raw' uint8 (fastest to read) or 'png' (smaller)",
     )
     parser.add_argument("--chunk_bytes", type=str, default="64MB", help="target size of one chunk")
     parser.add_argument("--overwrite", type=bool, default=False, help="replace a finished preparation")
@@ -78,6 +82,9 @@ def _prepare_main(argv: list[str]) -> int:
     from mtlora.data.prepared import prepare_dataset
 
     args = _prepare_parser().parse_args(argv)
+    if not args.config or not args.out:
+        print("mtlora data prepare: give --config X.yaml and --out DIR", file=sys.stderr)
+        return 2
     datamodule = _datamodule_from_config(args.config, args.root)
     manifest = prepare_dataset(
         datamodule,
