@@ -21,6 +21,11 @@ Why the loaders look the way they do:
   batches consumed), which Lightning stores in its checkpoints.  A run killed mid-epoch and
   resumed with ``--ckpt_path last`` skips exactly the consumed batches and draws the same
   augmentations, whatever ``num_workers`` is.
+* With ``augment_on="device"`` a training batch leaves the loader raw (uint8, zero-padded, with
+  each sample's drawn parameters) and :meth:`MultiTaskDataModule.on_after_batch_transfer` turns
+  it into the batch convention on the training device (:mod:`mtlora.data.device_augment`).
+* A ``data.root`` holding a prepared data set (:mod:`mtlora.data.prepared`) is read from its
+  LitData chunks instead of the raw files, with the same sample ids and decoded samples.
 """
 
 from __future__ import annotations
