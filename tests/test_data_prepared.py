@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 
 import numpy as np
 import pytest
@@ -128,7 +129,9 @@ def test_unfinished_preparation_is_redone_and_cli_prepares_from_config(tmp_path,
     data = {"class_path": "mtlora.data.PascalContextDataModule", "init_args": {"root": "x", "tasks": ["sal"]}}
     config.write_text(yaml.safe_dump({"data": data}))
     argv = ["prepare", "--config", str(config), "--data.root", str(fake.root), "--out", str(out)]
+    start_method = multiprocessing.get_start_method(allow_none=True)
     assert data_main([*argv, "--splits", "[train]"]) == 0
+    assert multiprocessing.get_start_method(allow_none=True) == start_method  # litdata's change undone
     assert "train: 3" in capsys.readouterr().out
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["tasks"] == ["sal"] and sorted(manifest["splits"]) == ["train"]

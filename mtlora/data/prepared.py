@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -330,19 +332,27 @@ def prepare_dataset(
     }
     if hasattr(datamodule, "layout"):
         manifest["nyud_layout"] = datamodule.layout
-    for split in splits or datamodule.data_splits():
-        ids = datamodule.split_ids(split)
-        litdata.optimize(
-            fn=SampleEncoder(datamodule.make_reader(split), label_format),
-            inputs=ids,
-            output_dir=str(out / split),
-            chunk_bytes=chunk_bytes,
-            num_workers=max(1, int(num_workers)),
-            keep_data_ordered=True,
-            mode="overwrite",
-            verbose=True,
-        )
-        manifest["splits"][split] = {"count": len(ids), "ids": ids}
+    # litdata sets the start method process-wide (spawn by default, which re-imports everything in
+    # every worker); fork where the platform has it, and the caller's setting is restored after
+    previous = multiprocessing.get_start_method(allow_none=True)
+    method = "fork" if sys.platform == "linux" else "spawn"
+    try:
+        for split in splits or datamodule.data_splits():
+            ids = datamodule.split_ids(split)
+            litdata.optimize(
+                fn=SampleEncoder(datamodule.make_reader(split), label_format),
+                inputs=ids,
+                output_dir=str(out / split),
+                chunk_bytes=chunk_bytes,
+                num_workers=max(1, int(num_workers)),
+                keep_data_ordered=True,
+                mode="overwrite",
+                start_method=method,
+                verbose=True,
+            )
+            manifest["splits"][split] = {"count": len(ids), "ids": ids}
+    finally:
+        multiprocessing.set_start_method(previous, force=True)
     write_json_atomic(out / MANIFEST, manifest)  # last: marks the preparation as finished
     (out / _PREPARING).unlink()
     return manifest
