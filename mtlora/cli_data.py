@@ -8,7 +8,7 @@ config, so exactly the tasks and options that run will use).
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import yaml
 from jsonargparse import ArgumentParser
@@ -58,11 +58,59 @@ def _datamodule_from_config(path: str, root: str | None) -> MultiTaskDataModule:
     return parser.instantiate_classes(cfg).data
 
 
+def _prepare_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="mtlora data prepare",
+        description="Convert a raw PASCAL_MT / NYUD folder once into LitData chunks that train "
+        "without .mat/PNG decoding and stream from shared or object storage.",
+    )
+    parser.add_argument("--config", type=str, help="training config: its data section names the tasks")
+    parser.add_argument("--data.root", dest="root", type=str | None, default=None, help="raw data folder")
+    parser.add_argument("--out", type=str, help="folder of the prepared data set (created)")
+    parser.add_argument("--splits", type=list[str] | None, default=None, help="splits (default: all)")
+    parser.add_argument("--num_workers", type=int, default=1, help="preparing processes")
+    parser.add_argument(
+        "--label_format",
+        type=Literal["raw", "png"],
+        default="raw",
+        help="label maps as 'raw' uint8 (fastest to read) or 'png' (smaller)",
+    )
+    parser.add_argument("--chunk_bytes", type=str, default="64MB", help="target size of one chunk")
+    parser.add_argument("--overwrite", type=bool, default=False, help="replace a finished preparation")
+    return parser
+
+
+def _prepare_main(argv: list[str]) -> int:
+    from mtlora.data.prepared import prepare_dataset
+
+    args = _prepare_parser().parse_args(argv)
+    if not args.config or not args.out:
+        print("mtlora data prepare: give --config X.yaml and --out DIR", file=sys.stderr)
+        return 2
+    datamodule = _datamodule_from_config(args.config, args.root)
+    manifest = prepare_dataset(
+        datamodule,
+        args.out,
+        splits=args.splits,
+        num_workers=args.num_workers,
+        label_format=args.label_format,
+        chunk_bytes=args.chunk_bytes,
+        overwrite=args.overwrite,
+    )
+    counts = ", ".join(f"{split}: {info['count']}" for split, info in manifest["splits"].items())
+    print(f"prepared {manifest['datamodule']} ({counts}; tasks {manifest['tasks']}) in {args.out}")
+    print(f"train or evaluate from it with --data.init_args.root {args.out}")
+    return 0
+
+
 def data_main(argv: list[str]) -> int:
     """Run ``mtlora data <command>``; returns the exit status (1 when problems were found)."""
+    if argv[:1] == ["prepare"]:
+        return _prepare_main(argv[1:])
     if argv[:1] != ["check"]:
         print(
-            "usage: mtlora data check (--data.root DIR | --config X.yaml) [--splits ...] [--max_samples N]",
+            "usage: mtlora data check (--data.root DIR | --config X.yaml) [--splits ...] [--max_samples N]\n"
+            "       mtlora data prepare --config X.yaml [--data.root RAW] --out DIR [--num_workers N]",
             file=sys.stderr,
         )
         return 2

@@ -76,9 +76,11 @@ class MTLoRATrainer(Trainer):
         print(
             f"similarity: {batches} batches, one backward per task each ({len(net.tasks)} tasks)", flush=True
         )
+        # raw batches of the device-side augmentation get it here (on the CPU) like a trainer's would
+        augmented = (datamodule.on_after_batch_transfer(batch, 0) for batch in loader)
         result = task_gradient_similarity(
             net,
-            iter(loader),
+            augmented,
             batches,
             device,
             progress=lambda done, total, seconds: print(
@@ -89,7 +91,7 @@ class MTLoRATrainer(Trainer):
         groups = group_tasks(result, groups_per_stage or [1] * (n_stages - 2) + [2, len(net.tasks)])
 
         # overhead relative to one training epoch, from the time of a plain training step
-        batch = next(iter(loader))
+        batch = datamodule.on_after_batch_transfer(next(iter(loader)), 0)
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         start = time.perf_counter()
         for _ in range(2):

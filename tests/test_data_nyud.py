@@ -45,7 +45,7 @@ def test_batches_and_channels(tmp_path):
     dm = NYUDDataModule(str(fake.root), num_workers=0, img_size=32, batch_size=2)
     assert dm.task_channels == {"semseg": 40, "depth": 1, "normals": 3, "edge": 1}
     dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
+    batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert batch["semseg"].shape == (2, 32, 32) and batch["semseg"].dtype == torch.int64
     assert batch["depth"].shape == (2, 1, 32, 32) and batch["depth"].dtype == torch.float32
     assert batch["normals"].shape == (2, 3, 32, 32) and batch["edge"].shape == (2, 1, 32, 32)

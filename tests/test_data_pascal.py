@@ -98,7 +98,9 @@ def test_batches_follow_the_task_convention(fake):
     dm = module(fake)
     assert dm.task_channels == {"semseg": 21, "human_parts": 7, "sal": 1, "normals": 3, "edge": 1}
     dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
+    raw = next(iter(dm.train_dataloader()))  # decoded only: augmented after the device transfer
+    assert raw["image"].dtype == torch.uint8 and raw["semseg"].shape == (2, *fake.size)
+    batch = dm.on_after_batch_transfer(raw, 0)
     assert batch["image"].shape == (2, 3, 32, 32) and batch["image"].dtype == torch.float32
     assert batch["semseg"].dtype == torch.int64 and batch["human_parts"].shape == (2, 32, 32)
     assert batch["sal"].shape == (2, 1, 32, 32) and batch["normals"].shape == (2, 3, 32, 32)
@@ -129,7 +131,8 @@ def test_only_files_of_the_chosen_tasks_are_read(fake):
         shutil.rmtree(fake.root / folder)
     dm = module(fake, tasks=["semseg"])
     dm.setup("fit")
-    assert next(iter(dm.train_dataloader()))["semseg"].shape == (2, 32, 32)
+    batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    assert batch["semseg"].shape == (2, 32, 32)
     with pytest.raises(DataError, match="normals_distill"):
         module(fake, tasks=["semseg", "normals"]).setup("fit")
 

@@ -110,6 +110,11 @@ def check_data_folder(
         The report; format it with :func:`format_report`.
     """
     module = data if isinstance(data, MultiTaskDataModule) else _datamodule_for_root(data)
+    if module.prepared is not None:  # decoded (and so checked) by `mtlora data prepare`
+        raise DataError(
+            f"{module.data_uri} is a prepared data set; check the raw folder it was prepared from "
+            f"({module.prepared['source']})"
+        )
     report = DataCheckReport(
         dataset=type(module).__name__,
         root=str(module.describe_root()),

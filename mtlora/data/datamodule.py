@@ -21,6 +21,11 @@ Why the loaders look the way they do:
   batches consumed), which Lightning stores in its checkpoints.  A run killed mid-epoch and
   resumed with ``--ckpt_path last`` skips exactly the consumed batches and draws the same
   augmentations, whatever ``num_workers`` is.
+* With ``augment_on="device"`` a training batch leaves the loader raw (uint8, zero-padded, with
+  each sample's drawn parameters) and :meth:`MultiTaskDataModule.on_after_batch_transfer` turns
+  it into the batch convention on the training device (:mod:`mtlora.data.device_augment`).
+* A ``data.root`` holding a prepared data set (:mod:`mtlora.data.prepared`) is read from its
+  LitData chunks instead of the raw files, with the same sample ids and decoded samples.
 """
 
 from __future__ import annotations
@@ -41,8 +46,9 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 from torch.utils.data._utils.collate import default_collate
 
+from mtlora.data.device_augment import AUGMENT_KEY, DeviceAugment, DevicePrep
 from mtlora.data.io import DataError
-from mtlora.data.transforms import BorderLabel, EvalResolution, MultiTaskTransform
+from mtlora.data.transforms import AugmentOn, BorderLabel, EvalResolution, MultiTaskTransform
 from mtlora.tasks import TASKS, validate_tasks
 
 __all__ = [
@@ -108,7 +114,7 @@ class MultiTaskDataset(Dataset):
         self,
         ids: Sequence[str],
         read: Reader,
-        transform: MultiTaskTransform,
+        transform: MultiTaskTransform | DevicePrep,
         skip_broken: bool = False,
         name: str = "",
     ) -> None:
@@ -294,6 +300,8 @@ class MultiTaskDataModule(LightningDataModule):
         border_label: "ignore" (255) or "official" (0) for pixels created by the warp border.
         eval_resolution: "resized" (labels at img_size², official protocol) or "original".
         skip_broken: skip unreadable samples instead of raising (counted and logged).
+        augment_on: where the training augmentation runs: "device" (workers only decode;
+            the warps run batched on the training device after the transfer) or "cpu".
     """
 
     #: Tasks this data set can provide; subclasses override.
@@ -301,6 +309,9 @@ class MultiTaskDataModule(LightningDataModule):
     #: Split used for validation / testing / prediction.
     val_split: str = "val"
     test_split: str = "val"
+    #: ``data.root`` as given (kept as a string so URIs like ``s3://...`` survive); subclasses
+    #: reading a folder set it, and a root holding a prepared-data manifest is read from there.
+    data_uri: str | None = None
 
     def __init__(
         self,
@@ -318,8 +329,12 @@ class MultiTaskDataModule(LightningDataModule):
         border_label: BorderLabel = "ignore",
         eval_resolution: EvalResolution = "resized",
         skip_broken: bool = False,
+        augment_on: AugmentOn = "device",
     ) -> None:
         super().__init__()
+        if augment_on not in ("device", "cpu"):
+            raise ValueError(f"augment_on must be 'device' or 'cpu', got {augment_on!r}")
+        self.augment_on = augment_on
         self.tasks = validate_tasks(tasks)
         unsupported = [task for task in self.tasks if task not in self.available_tasks]
         if unsupported:
@@ -392,8 +407,23 @@ class MultiTaskDataModule(LightningDataModule):
         """Broken samples skipped so far over all splits and workers (``skip_broken=True``)."""
         return sum(dataset.skipped_count for dataset in self.datasets.values())
 
-    def build_transform(self, train: bool) -> MultiTaskTransform:
-        """The transform of a training (augmented) or evaluation split."""
+    def build_transform(self, train: bool) -> MultiTaskTransform | DevicePrep:
+        """The transform of a training (augmented) or evaluation split.
+
+        With ``augment_on="device"`` training samples only get their parameters drawn here;
+        :meth:`on_after_batch_transfer` applies them to the batch on the device.
+        """
+        if train and self.augment_on == "device":
+            options = self.transform_options
+            return DevicePrep(
+                self.tasks,
+                augment=self.augment,
+                flip=options["flip"],
+                rotation=options["rotation"],
+                scale_range=options["scale_range"],
+                scale_choices=options["scale_choices"],
+                seed=self.seed,
+            )
         return MultiTaskTransform(
             self.tasks,
             self.img_size,
@@ -404,11 +434,30 @@ class MultiTaskDataModule(LightningDataModule):
             **self.transform_options,
         )
 
+    @property
+    def prepared(self) -> dict[str, Any] | None:
+        """Manifest of the prepared data set at :attr:`data_uri`, None for a raw folder."""
+        if not hasattr(self, "_prepared"):
+            from mtlora.data.prepared import check_manifest, load_manifest
+
+            manifest = load_manifest(self.data_uri) if self.data_uri is not None else None
+            if manifest is not None:
+                check_manifest(manifest, self.data_uri, type(self).__name__, self.tasks)
+            self._prepared = manifest
+        return self._prepared
+
     def build_dataset(self, split: str, train: bool) -> MultiTaskDataset:
         """Dataset of one split with the training or evaluation transform."""
+        if self.prepared is not None:
+            from mtlora.data.prepared import prepared_split
+
+            compact = train and self.augment_on == "device"  # normals decoded on the device
+            ids, read = prepared_split(self.prepared, self.data_uri, split, self.tasks, compact)
+        else:
+            ids, read = self.split_ids(split), self.make_reader(split)
         return MultiTaskDataset(
-            self.split_ids(split),
-            self.make_reader(split),
+            ids,
+            read,
             self.build_transform(train),
             skip_broken=self.skip_broken,
             name=f"{type(self).__name__}/{split}",
@@ -452,6 +501,13 @@ class MultiTaskDataModule(LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._train_resume = state_dict.get("train_loader")
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Run the device-side training augmentation on a batch that already is on the device."""
+        if isinstance(batch, dict) and AUGMENT_KEY in batch:
+            augment = DeviceAugment(self.tasks, self.img_size, self.transform_options["border_label"])
+            return augment(batch)
+        return batch
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False, drop_last=False)
@@ -497,7 +553,7 @@ class MultiTaskDataModule(LightningDataModule):
             sampler=sampler,
             drop_last=drop_last,
             num_workers=self.num_workers,
-            collate_fn=collate_multitask,
+            collate_fn=getattr(dataset.transform, "collate", collate_multitask),
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             worker_init_fn=partial(seed_worker, base_seed=self.seed, rank=rank) if self.num_workers else None,

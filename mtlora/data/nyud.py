@@ -31,7 +31,7 @@ from mtlora.data.io import (
     read_rgb,
     require_same_size,
 )
-from mtlora.data.transforms import BorderLabel, EvalResolution
+from mtlora.data.transforms import AugmentOn, BorderLabel, EvalResolution
 from mtlora.tasks import IGNORE_INDEX
 
 __all__ = ["NYUDDataModule", "NYUDReader", "NYUD_MT_GDRIVE_ID", "detect_nyud_layout"]
@@ -197,6 +197,7 @@ class NYUDDataModule(MultiTaskDataModule):
         border_label: BorderLabel = "ignore",
         eval_resolution: EvalResolution = "resized",
         skip_broken: bool = False,
+        augment_on: AugmentOn = "device",
     ) -> None:
         super().__init__(
             tasks=list(tasks) if tasks is not None else ["semseg", "depth", "normals", "edge"],
@@ -213,10 +214,12 @@ class NYUDDataModule(MultiTaskDataModule):
             border_label=border_label,
             eval_resolution=eval_resolution,
             skip_broken=skip_broken,
+            augment_on=augment_on,
         )
         self.transform_options["scale_choices"] = tuple(scale_choices) if scale_choices else None
         self.build_transform(train=True)  # fail on bad augmentation options now, not in a worker
         self.root = Path(root).expanduser()
+        self.data_uri = str(root)  # a raw folder, or a prepared data set (local or URI)
         if layout not in ("auto", "NYUD_MT", "NYUDv2"):
             raise ValueError(f"layout must be 'auto', 'NYUD_MT' or 'NYUDv2', got {layout!r}")
         # the folder is checked when data is first needed (prepare_data/setup), so the module
@@ -227,6 +230,8 @@ class NYUDDataModule(MultiTaskDataModule):
 
     def check_root(self) -> None:
         """Fail with where the data is expected and where it comes from, if the folder is missing."""
+        if self.prepared is not None:
+            return
         required = [self.root / "images", self.root / "gt_sets"]
         missing = [p for p in required if not p.is_dir()]
         if missing:
@@ -257,11 +262,15 @@ class NYUDDataModule(MultiTaskDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.check_root()
-        missing = [
-            f"{_TASK_FOLDER[task]}/ (task {task})"
-            for task in self.tasks
-            if not (self.root / _TASK_FOLDER[task]).is_dir()
-        ]
+        missing = (
+            []
+            if self.prepared is not None
+            else [
+                f"{_TASK_FOLDER[task]}/ (task {task})"
+                for task in self.tasks
+                if not (self.root / _TASK_FOLDER[task]).is_dir()
+            ]
+        )
         if missing:
             raise DataError(
                 f"NYUD root {self.root} lacks the folders of the selected tasks: {'; '.join(missing)}. "

@@ -41,7 +41,7 @@ from mtlora.data.io import (
     read_rgb,
     require_same_size,
 )
-from mtlora.data.transforms import BorderLabel, EvalResolution
+from mtlora.data.transforms import AugmentOn, BorderLabel, EvalResolution
 from mtlora.tasks import IGNORE_INDEX
 
 __all__ = [
@@ -289,6 +289,7 @@ class PascalContextDataModule(MultiTaskDataModule):
         border_label: BorderLabel = "ignore",
         eval_resolution: EvalResolution = "resized",
         skip_broken: bool = False,
+        augment_on: AugmentOn = "device",
     ) -> None:
         super().__init__(
             tasks=list(tasks) if tasks is not None else ["semseg", "human_parts", "sal", "normals"],
@@ -305,15 +306,18 @@ class PascalContextDataModule(MultiTaskDataModule):
             border_label=border_label,
             eval_resolution=eval_resolution,
             skip_broken=skip_broken,
+            augment_on=augment_on,
         )
         self.root = Path(root).expanduser()
+        self.data_uri = str(root)  # a raw folder, or a prepared data set (local or URI)
         # the folder is checked when data is first needed (prepare_data/setup), so the module
         # can be built without data, e.g. by `mtlora summary`
         self.save_hyperparameters()
 
     def check_root(self) -> None:
         """Fail with where the data is expected and where it comes from, if the folder is missing."""
-        _check_root(self.root)
+        if self.prepared is None:
+            _check_root(self.root)
 
     def prepare_data(self) -> None:
         self.check_root()
@@ -331,7 +335,8 @@ class PascalContextDataModule(MultiTaskDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.check_root()
-        self._check_task_folders()
+        if self.prepared is None:
+            self._check_task_folders()
         super().setup(stage)
 
     def _check_task_folders(self) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from mtlora.data.datamodule import MultiTaskDataModule, Reader
-from mtlora.data.transforms import BorderLabel, EvalResolution
+from mtlora.data.transforms import AugmentOn, BorderLabel, EvalResolution
 from mtlora.tasks import IGNORE_INDEX
 
 __all__ = ["SyntheticDataModule", "SyntheticScenes"]
@@ -240,6 +240,8 @@ class SyntheticDataModule(MultiTaskDataModule):
         img_size: image side (scenes are rendered at this size directly; 64 for CPU demos).
         augment: apply the training augmentation of the real data sets (default off: the
             scenes are already random, and off keeps CPU runs fast).
+        augment_on: "cpu" by default here: scenes are rendered at ``img_size`` and not
+            augmented unless asked, so the loader has no warp to move to the device.
         Other arguments: see :class:`~mtlora.data.datamodule.MultiTaskDataModule`.
     """
 
@@ -264,6 +266,7 @@ class SyntheticDataModule(MultiTaskDataModule):
         scale_range: tuple[float, float] = (0.75, 1.25),
         border_label: BorderLabel = "ignore",
         eval_resolution: EvalResolution = "resized",
+        augment_on: AugmentOn = "cpu",
     ) -> None:
         super().__init__(
             tasks=list(tasks)
@@ -281,6 +284,7 @@ class SyntheticDataModule(MultiTaskDataModule):
             scale_range=scale_range,
             border_label=border_label,
             eval_resolution=eval_resolution,
+            augment_on=augment_on,
         )
         if not 2 <= num_classes <= 255:
             raise ValueError(

@@ -56,6 +56,7 @@ from mtlora.tasks import IGNORE_INDEX, validate_tasks
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "AugmentOn",
     "BorderLabel",
     "EvalResolution",
     "HorizontalFlipNormals",
@@ -66,6 +67,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BorderLabel = Literal["ignore", "official"]
+AugmentOn = Literal["device", "cpu"]
 EvalResolution = Literal["resized", "original"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
