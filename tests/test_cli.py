@@ -194,13 +194,14 @@ def test_light_commands_start_without_lightning_or_torch(command):
 
 
 def test_top_level_help_lists_every_command(capsys):
-    from mtlora.cli import COMMANDS
+    from mtlora.cli import COMMANDS, LIGHT_COMMANDS
     from mtlora.lightning_cli import MTLoRACLI
 
     run_cli(["--help"])
     text = capsys.readouterr().out
     listed = {line.split()[0] for line in text.splitlines() if line.startswith("  ")}
-    assert listed == set(COMMANDS) == {*MTLoRACLI.subcommands(), "report", "data"}
+    assert listed == set(COMMANDS) == {*MTLoRACLI.subcommands(), *LIGHT_COMMANDS}
+    assert {"report", "data", "sweep", "edge_eval"} <= set(LIGHT_COMMANDS)
 
 
 def test_commands_say_where_things_went_and_validate_prints_metrics_once(tmp_path, capsys):
