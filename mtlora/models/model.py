@@ -102,10 +102,10 @@ class MultiTaskModel(nn.Module):
         for width in self.decoder_config.channels:
             check_number("decoder.channels", width, above=0, integer=True)
         self.backbone = SwinEncoder(self.encoder_config.swin_config())
+        self.task_backbones: nn.ModuleDict | None = None  # before load_pretrained, which reads it
         if load_pretrained and self.encoder_config.pretrained:
             self.load_pretrained()
         self.plan: PlanReport = apply_plan(self.backbone, self.adapter_config, self.tasks)
-        self.task_backbones: nn.ModuleDict | None = None
         if self.adapter_config.per_task:  # one adapter set per task, sharing the frozen weights
             from mtlora.models.per_task import register_tied_state_hooks, tied_copy
 
