@@ -107,6 +107,10 @@ class AdapterConfig:
         """Rank of the task-specific paths: ``task_rank``, or ``shared_rank`` where it is None."""
         return self.task_rank if self.task_rank is not None else self.shared_rank
 
+    def resolved_task_scale(self) -> float | list[float]:
+        """Multiplier of the task-specific paths: ``task_scale``, or ``shared_scale`` where it is None."""
+        return self.task_scale if self.task_scale is not None else self.shared_scale
+
 
 def per_stage(value, n: int, option: str) -> list:
     """Broadcast one value (or a 1-element list) to ``n`` stages, as the official config does."""

@@ -82,9 +82,7 @@ def inject_multipath_lora(
     shared_rank = per_stage(cfg.shared_rank, n, "adapter.shared_rank")
     task_rank = per_stage(cfg.resolved_task_rank(), n, "adapter.task_rank")
     shared_scale = per_stage(cfg.shared_scale, n, "adapter.shared_scale")
-    task_scale = per_stage(
-        cfg.task_scale if cfg.task_scale is not None else cfg.shared_scale, n, "adapter.task_scale"
-    )
+    task_scale = per_stage(cfg.resolved_task_scale(), n, "adapter.task_scale")
     dropout = per_stage(cfg.dropout, n, "adapter.dropout")
     for value in shared_scale + task_scale:
         check_number("adapter.shared_scale/task_scale", value)
