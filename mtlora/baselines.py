@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mtlora.models.methods import get_adapter_method
 from mtlora.models.plans import AdapterConfig
 
 BASELINE_CONFIGS: dict[str, str] = {
@@ -95,24 +96,19 @@ def _all_tasks_plan(plan: Sequence | None) -> bool:
 def method_label(adapter: AdapterConfig | Mapping[str, Any], tasks: Sequence[str]) -> str:
     """Human name of a configuration, equal to its Table-1 row name where the paper has one."""
     a = _adapter(adapter)
-    fixed = {
-        "decoders": "MTL - decoders only",
-        "bitfit": "BitFit",
-        "houlsby": "Adapter",
-        "vpt_shallow": "VPT-shallow",
-        "vpt_deep": "VPT-deep",
-        "progressive": "Progressive",
-    }
     if a.method == "full":
         return "Single task (full FT)" if len(tasks) == 1 else "MTL - full fine-tuning"
     per_task = PER_TASK_SUFFIX if a.per_task else ""
-    if a.method in fixed:
-        return fixed[a.method] + per_task
     if a.method == "compacter":
         return ("Compacter++" if list(a.adapter_positions) == ["mlp"] else "Compacter") + per_task
-    task_rank = a.task_rank if a.task_rank is not None else a.shared_rank
+    try:
+        spec = get_adapter_method(a.method)
+    except ValueError:  # a run of a method registered elsewhere (e.g. a test's): its name
+        return a.method + per_task
+    if spec.label is not None or not spec.lora:
+        return (spec.label or spec.name) + per_task
     if _all_tasks_plan(a.plan):
-        return f"LoRA (r={_rank(task_rank)}, per task)"
+        return f"LoRA (r={_rank(a.resolved_task_rank())}, per task)"
     if a.plan is not None:
         return "MTLoRA (custom plan)"
     if a.shared_mode == "lora_only":
@@ -137,11 +133,6 @@ def _ablation(a: AdapterConfig) -> str:
     if a.patch_merging:  # MTLoRA+ freezes the dense reductions by design, not as an ablation
         parts = [p for p in parts if p != "frozen patch merging"]
     return f" ({', '.join(parts)})" if parts else ""
-
-
-def is_lora_method(adapter: AdapterConfig | Mapping[str, Any]) -> bool:
-    """True where ranks mean something (``mtlora``, ``progressive``)."""
-    return _adapter(adapter).method in ("mtlora", "progressive")
 
 
 def paper_row(label: str) -> dict | None:

@@ -67,7 +67,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 from mtlora.losses import MultiTaskLoss
+from mtlora.models.lora import lora_layers
 from mtlora.models.merging import merge_model
+from mtlora.models.methods import is_lora
 from mtlora.models.model import MultiTaskModel, parameter_counts
 from mtlora.tasks import IGNORE_INDEX, task_info
 from mtlora.tensor_memory import TensorMemoryMeter, fake_model, new_fake_mode, storage_bytes, to_fake
@@ -354,7 +356,7 @@ def build_variant(template: MultiTaskModel, variant: Variant, img_size: int | No
     elif variant == "selective":
         encoder = replace(encoder, gradient_checkpointing="selective")
     elif variant == "shared_only":
-        if adapter.method not in ("mtlora", "progressive"):
+        if not is_lora(adapter):
             raise ValueError(
                 f"bench variant shared_only needs task streams to remove; adapter.method={adapter.method!r} has none"
             )
@@ -374,8 +376,8 @@ def build_variant(template: MultiTaskModel, variant: Variant, img_size: int | No
         model.backbone.patch_embed.requires_grad_(True)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # B = 0 at init would make merged == unmerged trivially true
-        for name, p in model.named_parameters():
-            if ".lora_" in f".{name}" and name.endswith("_B"):
+        for layer in lora_layers(model).values():
+            for p in (getattr(layer, n) for n in ("lora_shared_B", "lora_paths_B") if hasattr(layer, n)):
                 p.copy_(torch.randn(p.shape, generator=g) * 1e-3)
     return model
 
@@ -504,7 +506,7 @@ def count_variant(
                 step(batch)
         del optimizer, step, params
         merged_flops = None
-        if any(".lora_" in f".{n}" for n, _ in model.named_parameters()):
+        if lora_layers(model):
             merge_model(model.eval())
             with (
                 FlopCounterMode(display=False) as counter,
@@ -610,7 +612,7 @@ def measure_inference(
         out["compiled_max_abs_diff"] = _max_abs_diff(
             run(torch.compile(model, fullgraph=True), "compiled"), reference
         )
-    if any(".lora_" in f".{n}" for n, _ in model.named_parameters()):
+    if lora_layers(model):
         merged = copy.deepcopy(model)
         report = merge_model(merged)
         out["merged_layers"] = len(report.shared) + len(report.stream_paths)

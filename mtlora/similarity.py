@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from mtlora.losses import MultiTaskLoss
+from mtlora.models.lora import lora_layers
 from mtlora.models.model import MultiTaskModel
 
 if TYPE_CHECKING:
@@ -48,9 +49,9 @@ class SimilarityResult:
 def shared_adapter_params(model: MultiTaskModel) -> list[list[torch.nn.Parameter]]:
     """Shared low-rank parameters of every stage (the quantity all tasks compete for)."""
     stages: list[list[torch.nn.Parameter]] = [[] for _ in model.backbone.layers]
-    for name, p in model.backbone.named_parameters():
-        if "lora_shared_" in name and name.startswith("layers."):
-            stages[int(name.split(".")[1])].append(p)
+    for name, layer in lora_layers(model.backbone).items():
+        if layer.shared_rank > 0:
+            stages[int(name.split(".")[1])] += [layer.lora_shared_A, layer.lora_shared_B]
     empty = [i for i, s in enumerate(stages) if not s]
     if empty:
         raise ValueError(

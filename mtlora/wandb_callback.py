@@ -54,15 +54,14 @@ def dataset_name(datamodule: LightningDataModule | None) -> str:
 def run_info(module: LightningModule, datamodule: LightningDataModule | None) -> dict[str, Any]:
     """The facts every run records: method, ranks, tasks, parameter counts, data set."""
     from mtlora.callbacks import model_facts
+    from mtlora.models.methods import is_lora
 
     adapter = module.model.adapter_config
     info = model_facts(module)
-    lora = adapter.method in ("mtlora", "progressive")
+    lora = is_lora(adapter)
     info.update(
         shared_rank=adapter.shared_rank if lora else None,
-        task_rank=(adapter.task_rank if adapter.task_rank is not None else adapter.shared_rank)
-        if lora
-        else None,
+        task_rank=adapter.resolved_task_rank() if lora else None,
         dataset=dataset_name(datamodule),
         loss_weighting=module.hparams.get("loss_weighting", "fixed"),
     )

@@ -31,12 +31,14 @@ block kind in :mod:`mtlora.models.merging`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+from mtlora.models.methods.marker import AdapterModule
 
 SharedMode = Literal["matrix", "matrixv2", "addition", "lora_only"]
 
@@ -75,8 +77,10 @@ def _kaiming_like_linear(weight: Tensor) -> None:
     nn.init.uniform_(weight, -bound, bound)
 
 
-class MultiPathLoRALinear(nn.Module):
+class MultiPathLoRALinear(AdapterModule):
     """A frozen linear layer plus a shared low-rank path and ``P`` stacked stream paths."""
+
+    frozen_children = ("linear",)  # every other parameter (low-rank paths, lora_norm) is adapter weight
 
     def __init__(self, linear: nn.Linear, spec: LoRASpec) -> None:
         super().__init__()
@@ -271,13 +275,10 @@ class MultiPathLoRALinear(nn.Module):
         )
 
 
-def inject_lora(
-    root: nn.Module, spec_for: Callable[[str, nn.Linear], LoRASpec | None], required: Sequence[str] = ()
-) -> list[str]:
+def inject_lora(root: nn.Module, spec_for: Callable[[str, nn.Linear], LoRASpec | None]) -> list[str]:
     """Replace every ``nn.Linear`` under ``root`` for which ``spec_for(name, layer)`` gives a spec.
 
-    Returns the names of the wrapped layers.  Each name pattern in ``required`` must match at
-    least one wrapped layer, so a typo in a target list fails loudly instead of training nothing.
+    Returns the names of the wrapped layers (callers check that their targets matched some).
     """
     wrapped: list[str] = []
     for name, module in list(root.named_modules()):
@@ -290,27 +291,9 @@ def inject_lora(
         parent = root.get_submodule(parent_name) if parent_name else root
         setattr(parent, attr, MultiPathLoRALinear(module, spec))
         wrapped.append(name)
-    for pattern in required:
-        if not any(n == pattern or n.endswith("." + pattern) for n in wrapped):
-            raise ValueError(
-                f"LoRA target {pattern!r} matched no linear layer; layers look like "
-                f"'layers.0.blocks.0.attn.qkv' (targets: qkv, proj, fc1, fc2, reduction)"
-            )
     return wrapped
 
 
 def lora_layers(root: nn.Module) -> dict[str, MultiPathLoRALinear]:
     """All adapter layers under ``root`` by qualified name."""
     return {n: m for n, m in root.named_modules() if isinstance(m, MultiPathLoRALinear)}
-
-
-def merge_lora(root: nn.Module) -> None:
-    """Merge the shared path of every adapter layer into its frozen weight."""
-    for layer in lora_layers(root).values():
-        layer.merge()
-
-
-def unmerge_lora(root: nn.Module) -> None:
-    """Undo :func:`merge_lora`."""
-    for layer in lora_layers(root).values():
-        layer.unmerge()

@@ -20,9 +20,10 @@ so :mod:`mtlora.models.swin` stays unchanged and ImageNet checkpoints keep loadi
   travel through later layers as tokens, which windows and patch merging cannot carry).  Unlike
   the adapters, prompts change the output at initialisation (attention also reads them).
 
-Every parameter added here has ``.peft_`` in its name: the trainable-set rules
+Every module holding parameters added here is an
+:class:`~mtlora.models.methods.marker.AdapterModule`, so the trainable-set rules
 (:func:`mtlora.models.plans.mark_trainable`) train them and the ImageNet loader leaves them at
-their initialisation.  Wrapped linears keep the frozen layer under ``.linear`` like
+their initialisation; their ``peft_`` names are kept for the state-dict keys of saved models.  Wrapped linears keep the frozen layer under ``.linear`` like
 :class:`~mtlora.models.lora.MultiPathLoRALinear`, so checkpoint names resolve the same way.
 """
 
@@ -36,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlora.models.methods.marker import AdapterModule
 from mtlora.models.swin import SwinEncoder, WindowAttention
 
 PEFT_METHODS = ("houlsby", "compacter", "vpt_shallow", "vpt_deep")
@@ -57,7 +59,7 @@ class BottleneckAdapter(nn.Module):
         return x + self.up(self.act(self.down(x)))
 
 
-class PHMRules(nn.Module):
+class PHMRules(AdapterModule):
     """The ``n`` shared ``n x n`` matrices ``A_i`` of every Compacter layer of one encoder."""
 
     def __init__(self, n: int) -> None:
@@ -114,8 +116,10 @@ class CompacterAdapter(nn.Module):
         return x + self.up(self.act(self.down(x)))
 
 
-class AdaptedLinear(nn.Module):
+class AdaptedLinear(AdapterModule):
     """A frozen linear layer (kept under ``.linear``) followed by a residual adapter."""
+
+    frozen_children = ("linear",)
 
     def __init__(self, linear: nn.Module, adapter: nn.Module) -> None:
         super().__init__()
@@ -126,7 +130,7 @@ class AdaptedLinear(nn.Module):
         return self.peft_adapter(self.linear(x))
 
 
-class PromptedWindowAttention(WindowAttention):
+class PromptedWindowAttention(WindowAttention, AdapterModule):
     """Window attention whose keys/values gain ``P`` learnable prompt tokens shared by all windows.
 
     Made from an existing :class:`WindowAttention` by :meth:`convert`, which retypes it in place so
@@ -136,6 +140,7 @@ class PromptedWindowAttention(WindowAttention):
     """
 
     peft_prompts: nn.Parameter  # (P, C)
+    adapter_attrs = ("peft_prompts",)  # the attention's own weights stay the pretrained ones
 
     @classmethod
     def convert(cls, attn: WindowAttention, tokens: int) -> PromptedWindowAttention:

@@ -1,9 +1,9 @@
 """Adapter plans: which blocks share which low-rank paths, and what is trained.
 
 A plan assigns every Swin block a kind (``shared`` / ``branch`` / ``streams``, see
-:mod:`mtlora.models.swin`) and the names of its low-rank paths, then injects
-:class:`~mtlora.models.lora.MultiPathLoRALinear` layers by module name and sets
-``requires_grad`` by the trainable-set rules.  MTLoRA, MTLoRA+, task-agnostic LoRA and the
+:mod:`mtlora.models.swin`) and the names of its low-rank paths.  :func:`apply_plan` runs the
+registered adapter method (:mod:`mtlora.models.methods`) in three steps: resolve the block plans,
+inject the method's modules, mark what trains.  MTLoRA, MTLoRA+, task-agnostic LoRA and the
 progressive task-specific scheme are all plans over the same encoder.
 """
 
@@ -11,27 +11,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
 
 from torch import nn
 
-from mtlora.models.lora import LoRASpec, SharedMode, inject_lora
-from mtlora.models.peft import PEFT_METHODS, AdapterPosition, inject_peft
+from mtlora.models.lora import SharedMode
+from mtlora.models.methods.marker import adapter_parameter_names
+from mtlora.models.methods.registry import AdapterMethod, adapter_method_names, get_adapter_method
+from mtlora.models.peft import AdapterPosition
 from mtlora.models.swin import BlockKind, SwinEncoder
-from mtlora.options import check_number
-
-Method = Literal[
-    "mtlora", "full", "decoders", "progressive", "bitfit", "houlsby", "compacter", "vpt_shallow", "vpt_deep"
-]
-
-# trainable-set flags left at None take these values (patch_embed, norms, position bias, merging, biases)
-_TRAIN_DEFAULTS: dict[str, tuple[bool, bool, bool, bool, bool]] = {
-    "bitfit": (False, False, True, False, True),  # every "*bias*" tensor: what Table 1's 2.85M counts
-    "houlsby": (False, True, False, False, False),  # Houlsby et al. also train the layer norms
-    "compacter": (False, True, False, False, False),  # Compacter also trains the layer norms
-    "vpt_shallow": (False, False, False, False, False),  # VPT: prompts (+ heads) only
-    "vpt_deep": (False, False, False, False, False),
-}
 
 LINEAR_TARGETS = ("qkv", "proj", "fc1", "fc2")
 
@@ -41,7 +28,8 @@ class AdapterConfig:
     """How the encoder is adapted.
 
     Args:
-        method: ``mtlora`` (TA-LoRA everywhere + TS-LoRA in the last block of every stage),
+        method: a registered adapter method (:func:`mtlora.models.methods.register_adapter_method`);
+            built in: ``mtlora`` (TA-LoRA everywhere + TS-LoRA in the last block of every stage),
             ``full`` (full fine-tuning, no adapters), ``decoders`` (frozen encoder, train only the
             decoders), ``progressive`` (shared -> task groups -> tasks, see ``groups``); the
             Table-1 baselines (one shared stream, :mod:`mtlora.models.peft`): ``bitfit`` (no
@@ -90,7 +78,7 @@ class AdapterConfig:
             ``bitfit``; per-task LoRA is ``plan: [tasks, tasks, tasks, tasks]``.
     """
 
-    method: Method = "mtlora"
+    method: str = "mtlora"
     shared_rank: int | list[int] = 16
     task_rank: int | list[int] | None = 4
     shared_scale: float | list[float] = 4.0
@@ -115,6 +103,14 @@ class AdapterConfig:
     compacter_rank: int = 1
     per_task: bool = False
 
+    def resolved_task_rank(self) -> int | list[int]:
+        """Rank of the task-specific paths: ``task_rank``, or ``shared_rank`` where it is None."""
+        return self.task_rank if self.task_rank is not None else self.shared_rank
+
+    def resolved_task_scale(self) -> float | list[float]:
+        """Multiplier of the task-specific paths: ``task_scale``, or ``shared_scale`` where it is None."""
+        return self.task_scale if self.task_scale is not None else self.shared_scale
+
 
 def per_stage(value, n: int, option: str) -> list:
     """Broadcast one value (or a 1-element list) to ``n`` stages, as the official config does."""
@@ -135,9 +131,8 @@ class BlockPlan:
 
 @dataclass
 class PlanReport:
-    """What a plan did: wrapped layers and the stream layout seen by the decoders."""
+    """What a plan did: the block plans and the stream layout seen by the decoders."""
 
-    wrapped: list[str]
     blocks: list[list[BlockPlan]]
     stage_task_streams: list[list[int]]  # per stage: stream index serving each task
 
@@ -181,54 +176,24 @@ def _parse_token(token, tasks: list[str], where: str) -> BlockPlan:
     return BlockPlan("streams", tuple("+".join(g) for g in groups), groups)
 
 
-def mtlora_plan(depths: list[int]) -> list[list[PlanToken]]:
-    """Official MTLoRA: shared blocks, task branch in the last block of every stage."""
-    return [["shared"] * (d - 1) + ["branch"] for d in depths]
-
-
-def progressive_plan(cfg: AdapterConfig, depths: list[int]) -> list[list[PlanToken]]:
-    """Per-stage ``groups`` switched on at ``split_block`` (earlier blocks keep the previous ones)."""
-    groups = per_stage(cfg.groups if cfg.groups is not None else ["shared"], len(depths), "adapter.groups")
-    split = per_stage(
-        cfg.split_block if cfg.split_block is not None else [None], len(depths), "adapter.split_block"
-    )
-    plan, current = [], "shared"
-    for i, d in enumerate(depths):
-        start = split[i] or 0
-        if not 0 <= start < d:
-            raise ValueError(f"adapter.split_block[{i}] = {start} is outside stage {i} (blocks 0..{d - 1})")
-        stage = []
-        for j in range(d):
-            if j == start and groups[i] is not None:
-                current = groups[i]
-            stage.append(current)
-        plan.append(stage)
-    return plan
-
-
 def block_plans(cfg: AdapterConfig, tasks: list[str], depths: list[int]) -> list[list[BlockPlan]]:
     """Resolve ``cfg`` to the kind and paths of every block, and validate the stream tree.
 
-    ``cfg.plan`` (explicit) wins; otherwise ``mtlora`` and ``progressive`` build theirs.  A plan
-    is one entry per stage: a token for all its blocks or a list with one token per block.
-    Streams may only split as they go deeper (each group inside one earlier group), and once
-    the encoder has split into streams no block can be ``shared`` or ``branch`` again.
+    The method's planner gives one entry per stage: a token for all its blocks or a list with one
+    token per block (``adapter.plan`` wins where the method takes one).  Streams may only split
+    as they go deeper (each group inside one earlier group), and once the encoder has split into
+    streams no block can be ``shared`` or ``branch`` again.
     """
-    if cfg.method in ("full", "decoders", "bitfit", *PEFT_METHODS):
-        if cfg.plan is not None and cfg.method not in ("full", "decoders"):
+    method = get_adapter_method(cfg.method)
+    if method.plan is None:
+        if cfg.plan is not None:
+            takes = [n for n in adapter_method_names() if get_adapter_method(n).lora]
             raise ValueError(
-                f"adapter.plan: method {cfg.method!r} runs one shared stream; only mtlora and "
-                "progressive take a sharing plan (set plan: null)"
+                f"adapter.plan: method {cfg.method!r} runs one shared stream; only {', '.join(takes)} "
+                "take a sharing plan (set plan: null)"
             )
         return [[BlockPlan() for _ in range(d)] for d in depths]
-    if cfg.plan is not None:
-        raw = cfg.plan
-    elif cfg.method == "progressive":
-        raw = progressive_plan(cfg, depths)
-    elif cfg.shared_mode == "lora_only":
-        raw = [["shared"] * d for d in depths]
-    else:
-        raw = mtlora_plan(depths)
+    raw = method.plan(cfg, tasks, depths)
     if len(raw) != len(depths):
         raise ValueError(f"adapter.plan: expected {len(depths)} stages, got {len(raw)} (unknown stages?)")
     plans: list[list[BlockPlan]] = []
@@ -258,105 +223,36 @@ def block_plans(cfg: AdapterConfig, tasks: list[str], depths: list[int]) -> list
     return plans
 
 
-def apply_plan(encoder: SwinEncoder, cfg: AdapterConfig, tasks: list[str]) -> PlanReport:
-    """Inject adapters into ``encoder`` as ``cfg`` says and set which parameters train."""
-    depths = [len(stage.blocks) for stage in encoder.layers]
-    n = len(depths)
-    for opt in ("targets", "task_targets"):
-        bad = sorted(set(getattr(cfg, opt)) - set(LINEAR_TARGETS))
-        if bad:
-            raise ValueError(f"adapter.{opt}: unknown layer names {bad}; choose from {list(LINEAR_TARGETS)}")
-    shared_rank = per_stage(cfg.shared_rank, n, "adapter.shared_rank")
-    task_rank = per_stage(
-        cfg.task_rank if cfg.task_rank is not None else cfg.shared_rank, n, "adapter.task_rank"
-    )
-    shared_scale = per_stage(cfg.shared_scale, n, "adapter.shared_scale")
-    task_scale = per_stage(
-        cfg.task_scale if cfg.task_scale is not None else cfg.shared_scale, n, "adapter.task_scale"
-    )
-    dropout = per_stage(cfg.dropout, n, "adapter.dropout")
-    for value in shared_scale + task_scale:
-        check_number("adapter.shared_scale/task_scale", value)
-    for value in dropout:
-        check_number("adapter.dropout", value, minimum=0, below=1)
-    uses_lora = cfg.method in ("mtlora", "progressive")
-    if uses_lora:
-        for opt, ranks in (("shared_rank", shared_rank), ("task_rank", task_rank)):
-            if any(int(r) <= 0 for r in ranks):
-                raise ValueError(f"adapter.{opt} must be a positive integer (per stage), got {ranks}")
-    if cfg.per_task and cfg.method not in ("bitfit", *PEFT_METHODS):
+def resolve_method(
+    cfg: AdapterConfig, tasks: list[str], depths: list[int]
+) -> tuple[AdapterMethod, list[list[BlockPlan]]]:
+    """Step 1: the registered method and the plan of every block (options validated)."""
+    method = get_adapter_method(cfg.method)
+    if cfg.per_task and not method.per_task:
+        allowed = [n for n in adapter_method_names() if get_adapter_method(n).per_task]
         raise ValueError(
-            f"adapter.per_task: only for bitfit and {list(PEFT_METHODS)}, not {cfg.method!r} "
+            f"adapter.per_task: only for {', '.join(allowed)}, not {cfg.method!r} "
             "(LoRA per task: plan: [tasks, tasks, tasks, tasks]; full fine-tuning per task: one run per task)"
         )
-    plans = block_plans(cfg, tasks, depths)
+    return method, block_plans(cfg, tasks, depths)
 
-    pattern = re.compile(r"layers\.(\d+)\.(?:blocks\.(\d+)\.(?:attn|mlp)\.(\w+)|downsample\.reduction)$")
 
-    def spec_for(name: str, _layer: nn.Linear) -> LoRASpec | None:
-        m = pattern.match(name)
-        if not m or not uses_lora:
-            return None
-        i = int(m.group(1))
-        common = dict(
-            shared_scale=shared_scale[i], path_scale=task_scale[i], dropout=dropout[i], mode=cfg.shared_mode
-        )
-        if m.group(2) is None:  # patch-merging reduction (MTLoRA+): shared path only
-            return LoRASpec(shared_rank=int(shared_rank[i]), **common) if cfg.patch_merging else None
-        leaf, plan = m.group(3), plans[i][int(m.group(2))]
-        if plan.kind == "streams":  # every adapted layer of a stream block has one path per stream
-            if leaf not in cfg.targets:
-                return None
-            return LoRASpec(shared_rank=0, path_names=plan.paths, path_rank=int(task_rank[i]), **common)
-        if leaf not in cfg.targets:
-            return None
-        paths = plan.paths if plan.kind == "branch" and leaf in cfg.task_targets else ()
-        mode = cfg.shared_mode if paths else "matrix"
-        return LoRASpec(
-            int(shared_rank[i]),
-            paths,
-            int(task_rank[i]) if paths else 0,
-            shared_scale[i],
-            task_scale[i],
-            dropout[i],
-            mode,
-        )
-
-    wrapped = inject_lora(encoder, spec_for)
-    if uses_lora:
-        for target in cfg.targets:
-            if not any(w.endswith("." + target) for w in wrapped):
-                raise ValueError(f"adapter.targets: {target!r} matched no layer")
-
-    stage_streams: list[list[int]] = []
-    for i, stage in enumerate(encoder.layers):
-        for blk, plan in zip(stage.blocks, plans[i]):
-            blk.kind = plan.kind
-            blk.num_streams = len(plan.paths) if plan.kind == "branch" else 1
-        last = plans[i][-1]
+def stage_task_streams(plans: list[list[BlockPlan]], tasks: list[str]) -> list[list[int]]:
+    """Per stage: the index of the stream (of the stage's output stack) serving each task."""
+    out: list[list[int]] = []
+    for stage in plans:
+        last = stage[-1]
         if last.kind == "branch":
-            stage_streams.append(list(range(len(tasks))))
+            out.append(list(range(len(tasks))))
         elif last.kind == "streams":
-            stage_streams.append([next(k for k, g in enumerate(last.groups) if t in g) for t in tasks])
+            out.append([next(k for k, g in enumerate(last.groups) if t in g) for t in tasks])
         else:
-            stage_streams.append([0] * len(tasks))
-    _set_stream_routes(encoder, plans)
-    if cfg.method in PEFT_METHODS:
-        wrapped += inject_peft(
-            encoder,
-            cfg.method,
-            reduction=cfg.adapter_reduction,
-            positions=cfg.adapter_positions,
-            prompt_tokens=cfg.prompt_tokens,
-            compacter_n=cfg.compacter_n,
-            compacter_rank=cfg.compacter_rank,
-        )
-    mark_trainable(encoder, cfg)
-    return PlanReport(wrapped, plans, stage_streams)
+            out.append([0] * len(tasks))
+    return out
 
 
-def _set_stream_routes(encoder: SwinEncoder, plans: list[list[BlockPlan]]) -> None:
-    """Give each stream block whose partition changes the parent index of every new stream."""
+def configure_blocks(encoder: SwinEncoder, plans: list[list[BlockPlan]]) -> None:
+    """Give every block its kind, stream count and (where the partition changes) stream route."""
     import torch
 
     previous: tuple[tuple[str, ...], ...] | None = None
@@ -369,35 +265,38 @@ def _set_stream_routes(encoder: SwinEncoder, plans: list[list[BlockPlan]]) -> No
                     [next(k for k, p in enumerate(parents) if set(g) <= set(p)) for g in plan.groups]
                 )
                 previous = plan.groups
-            if route is not None:
-                blk.register_buffer("stream_route", route, persistent=False)
-            else:
-                blk.stream_route = None
+            blk.configure(plan.kind, len(plan.paths) if plan.kind == "branch" else 1, route)
+
+
+def apply_plan(encoder: SwinEncoder, cfg: AdapterConfig, tasks: list[str]) -> PlanReport:
+    """Inject adapters into ``encoder`` as ``cfg`` says and set which parameters train:
+    resolve (:func:`resolve_method`), inject (the method's ``inject``), :func:`mark_trainable`."""
+    depths = [len(stage.blocks) for stage in encoder.layers]
+    method, plans = resolve_method(cfg, tasks, depths)
+    configure_blocks(encoder, plans)
+    if method.inject is not None:
+        method.inject(encoder, cfg, plans)
+    mark_trainable(encoder, cfg)
+    return PlanReport(plans, stage_task_streams(plans, tasks))
 
 
 def mark_trainable(encoder: nn.Module, cfg: AdapterConfig) -> None:
-    """Set ``requires_grad`` on the encoder per the trainable-set rules (by default the official set,
-    described in docs/official_implementation.md)."""
-    if cfg.method == "full":
+    """Set ``requires_grad`` on the encoder per the method's trainable set and the ``train_*`` options
+    (by default the official set, described in docs/official_implementation.md).  Adapter weights
+    are recognised by module type (:mod:`mtlora.models.methods.marker`), not by name."""
+    ts = get_adapter_method(cfg.method).trainable_set(cfg)
+    if ts.everything:
         encoder.requires_grad_(True)
         return
-    flags = (
-        cfg.train_patch_embed,
-        cfg.train_norms,
-        cfg.train_relative_position_bias,
-        cfg.train_patch_merging,
-        cfg.train_biases,
-    )
-    defaults = _TRAIN_DEFAULTS.get(cfg.method, (True, True, True, not cfg.patch_merging, False))
-    embed, norms, rpb, train_merging, biases = (d if f is None else f for f, d in zip(flags, defaults))
-    lora = cfg.method != "decoders"
+    adapters = set(adapter_parameter_names(encoder))
+    on = not ts.frozen_encoder
     for name, p in encoder.named_parameters():
         leaf = name.rsplit(".", 1)[-1]
         p.requires_grad = bool(
-            (lora and (".lora_" in f".{name}" or ".peft_" in f".{name}"))
-            or (lora and embed and name.startswith("patch_embed."))
-            or (lora and norms and (".norm" in f".{name}" or "lora_norm" in name))
-            or (lora and rpb and leaf == "relative_position_bias_table")
-            or (lora and train_merging and re.search(r"downsample\.reduction\.(linear\.)?weight$", name))
-            or (biases and leaf == "bias")
+            (on and name in adapters)
+            or (on and ts.patch_embed and name.startswith("patch_embed."))
+            or (on and ts.norms and ".norm" in f".{name}")
+            or (on and ts.relative_position_bias and leaf == "relative_position_bias_table")
+            or (on and ts.patch_merging and re.search(r"downsample\.reduction\.(linear\.)?weight$", name))
+            or (ts.biases and leaf == "bias")
         )

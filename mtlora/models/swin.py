@@ -222,6 +222,8 @@ class SwinBlock(nn.Module):
         self.dim, self.res, self.window_size, self.shift = dim, res, window_size, shift
         self.kind: BlockKind = "shared"
         self.num_streams = 1  # task paths of a ``branch`` block (set by the plan)
+        self.stream_route: Tensor | None  # (S_new,) parent stream of every new stream, see configure
+        self.register_buffer("stream_route", None, persistent=False)
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, window_size, num_heads)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -233,6 +235,16 @@ class SwinBlock(nn.Module):
             )
         else:
             self.shift_mask = None
+
+    def configure(self, kind: BlockKind, num_streams: int = 1, stream_route: Tensor | None = None) -> None:
+        """Set how the block treats task streams (called by the adapter plan).
+
+        ``num_streams``: task paths of a ``branch`` block; ``stream_route``: for a ``streams``
+        block whose partition changes, the parent stream index of each of its streams (a
+        non-persistent buffer, so it follows the module to its device but not into state dicts).
+        """
+        self.kind, self.num_streams = kind, num_streams
+        self.register_buffer("stream_route", stream_route, persistent=False)
 
     def _attention(self, x: Tensor, qkv_fn) -> Tensor:
         """norm1 -> roll -> windows -> qkv -> attention -> un-windowed, un-rolled tokens (before proj)."""
@@ -343,7 +355,7 @@ class SwinEncoder(nn.Module):
     """Swin V1 backbone returning per-stage features for every task stream.
 
     ``forward(image)`` returns a list (one per stage) of stream stacks ``(S, B, h, w, C)``;
-    ``stream_names`` (set by the plan) says which task each of the S streams belongs to, with
+    the adapter plan (``PlanReport.stage_task_streams``) says which task each of the S streams serves, with
     ``S == 1`` meaning one shared stream serves all tasks.
     """
 
@@ -370,8 +382,6 @@ class SwinEncoder(nn.Module):
             )
         n = len(cfg.depths)
         self.out_channels = [cfg.embed_dim * 2 ** min(i + 1, n - 1) for i in range(n)]
-        self.out_strides = [cfg.patch_size * 2 ** min(i + 1, n - 1) for i in range(n)]
-        self.stream_routes: list[list[Tensor | None]] = []  # filled by the plan; see apply_plan
         self.apply(self._init_weights)
 
     @staticmethod
@@ -412,7 +422,7 @@ class SwinEncoder(nn.Module):
                 else:
                     if streams is None:
                         streams = x.unsqueeze(0)
-                    route = getattr(blk, "stream_route", None)
+                    route = blk.stream_route
                     if route is not None:  # (S_new,) parent stream of every new stream
                         streams = streams.index_select(0, route)
                     streams = self._run(blk.forward_streams, streams)

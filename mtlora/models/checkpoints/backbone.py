@@ -23,6 +23,7 @@ from mtlora.models.checkpoints.serialization import (
     strip_prefix,
 )
 from mtlora.models.checkpoints.timm_swin import _convert_timm, timm_pretrained_state_dict
+from mtlora.models.methods.marker import adapter_parameter_names
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,6 @@ def _convert_swin(state_dict: Mapping[str, Tensor]) -> tuple[SwinFormat, Convert
     return fmt, (_convert_timm(state_dict) if fmt == "timm" else _convert_microsoft(state_dict))
 
 
-def _is_adapter_key(key: str) -> bool:
-    return ".lora_" in f".{key}" or ".peft_" in f".{key}"  # LoRA paths; adapters/prompts of models/peft.py
-
-
 def load_pretrained_backbone(
     encoder: nn.Module, source: str | os.PathLike, *, strict: bool = True, allow_unsafe: bool = False
 ) -> LoadReport:
@@ -98,4 +95,5 @@ def load_pretrained_backbone(
     except CheckpointError as e:
         raise CheckpointError(f"{source_name}: {e}") from None
     report = LoadReport(source=source_name, source_format=fmt)
-    return apply_state_dict(encoder, converted, report, keep_init=_is_adapter_key, strict=strict)
+    adapters = set(adapter_parameter_names(encoder))  # never in an ImageNet file: they keep their init
+    return apply_state_dict(encoder, converted, report, keep_init=adapters.__contains__, strict=strict)

@@ -237,13 +237,9 @@ def compare_official_config(summary: Mapping[str, Any], model: nn.Module) -> lis
             n = len(swin.depths)
             ours_ad = {
                 "shared_rank": per_stage(cfg.shared_rank, n, "shared_rank"),
-                "task_rank": per_stage(
-                    cfg.task_rank if cfg.task_rank is not None else cfg.shared_rank, n, "task_rank"
-                ),
+                "task_rank": per_stage(cfg.resolved_task_rank(), n, "task_rank"),
                 "shared_scale": per_stage(cfg.shared_scale, n, "shared_scale"),
-                "task_scale": per_stage(
-                    cfg.task_scale if cfg.task_scale is not None else cfg.shared_scale, n, "task_scale"
-                ),
+                "task_scale": per_stage(cfg.resolved_task_scale(), n, "task_scale"),
             }
             for key, value in ours_ad.items():
                 theirs = adapter.get(key)
