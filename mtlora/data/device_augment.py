@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from mtlora.data.transforms import _MIN_NORMAL_NORM, IMAGENET_MEAN, IMAGENET_STD, BorderLabel
-from mtlora.tasks import IGNORE_INDEX, task_info, validate_tasks
+from mtlora.tasks import IGNORE_INDEX, task_info, tasks_of_kind, validate_tasks
 
 __all__ = ["AUGMENT_KEY", "DeviceAugment", "DevicePrep", "collate_padded"]
 
@@ -132,11 +132,13 @@ def _normals_code_to_float(code: torch.Tensor, zero: torch.Tensor) -> torch.Tens
 def collate_padded(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack samples whose tensors are ``H x W``-leading, zero-padded to the batch's largest size."""
     metas = [sample.get("meta", {}) for sample in samples]
-    if any("normals_zero" in s for s in samples) and not all("normals_zero" in s for s in samples):
-        for sample in samples:  # mixed normals storage (8-bit code and float): all float16
-            if "normals_zero" in sample:
-                code, zero = sample.pop("normals"), sample.pop("normals_zero")
-                sample["normals"] = _normals_code_to_float(code, zero).half()
+    for task in tasks_of_kind("normals"):
+        zero_key = f"{task}_zero"
+        if any(zero_key in s for s in samples) and not all(zero_key in s for s in samples):
+            for sample in samples:  # mixed normals storage (8-bit code and float): all float16
+                if zero_key in sample:
+                    code, zero = sample.pop(task), sample.pop(zero_key)
+                    sample[task] = _normals_code_to_float(code, zero).half()
     height = max(int(s["image"].shape[0]) for s in samples)
     width = max(int(s["image"].shape[1]) for s in samples)
     batch: dict[str, Any] = {AUGMENT_KEY: torch.stack([s[AUGMENT_KEY] for s in samples])}
