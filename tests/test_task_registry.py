@@ -14,6 +14,7 @@ from mtlora.data.device_augment import DeviceAugment, DevicePrep
 from mtlora.data.transforms import MultiTaskTransform
 from mtlora.losses import MultiTaskLoss, balanced_bce_loss
 from mtlora.metrics import headline_key, headline_metric
+from mtlora.metrics.delta_m import delta_m_terms
 from mtlora.tasks import TaskSpec, register_task, task_info, unregister_task
 
 CONFIG = Path(__file__).parent / "configs" / "tiny_synthetic.yaml"
@@ -53,6 +54,18 @@ def test_register_task_checks_its_input(registered):
     assert task_info("person").headline_metric == "mIoU" and headline_key("person") == "person/mIoU"
     assert headline_metric("edge") == ("odsF", True)  # a task's own headline beats its kind's
     assert MultiTaskLoss(["sal", "person"]).weights == {"sal": 5.0, "person": 3.0}
+
+
+def test_delta_m_takes_the_direction_a_task_declares(registered):
+    registered(TaskSpec("count", "depth", 1.0, 1, False, headline="abs_err"))
+    registered(TaskSpec("recall", "binary", 1.0, 1, True, headline="r50"))
+    results = {"count/abs_err": 2.0, "recall/r50": 60.0}
+    terms = delta_m_terms(results, {"count/abs_err": 1.0, "recall/r50": 50.0})
+    assert terms == [("count/abs_err", 1.0, False), ("recall/r50", 50.0, True)]
+    with pytest.raises(
+        ValueError, match="direction of 'sal/odd' unknown"
+    ):  # undeclared metric names still fail
+        delta_m_terms({"sal/odd": 1.0}, {"sal/odd": 1.0})
 
 
 def test_toy_task_gets_the_kind_defaults_of_loss_and_augmentation(registered):
