@@ -1,24 +1,41 @@
-"""Task registry: what every dense task is, independent of the data set.
+"""Task registry: what every dense task is, independent of the data set, in one place.
+
+Each task is a :class:`TaskSpec`: its *kind*, output channels, default loss weight, headline
+metric and its direction (for Δm), and optionally its own loss, metrics, class names and how
+the synthetic data set derives its label.  Everything else in the package (losses, metrics,
+Δm, both augmentation paths, prepared data sets, prediction panels and files, W&B images)
+looks tasks up here and otherwise acts on the kind, so adding a task of an existing kind is one
+:func:`register_task` call, e.g. a binary person mask on the synthetic scenes::
+
+    register_task(TaskSpec("person", "binary", 3.0, 1, True,
+                           synthetic=lambda scene: (scene["human_parts"] % 255 > 0).astype("uint8")))
 
 Batch convention (every DataModule produces it, every loss/metric consumes it):
 
 * ``batch["image"]``: ``(B, 3, H, W)`` float32, ImageNet-normalised.
-* ``batch[task]`` for each task, with :data:`IGNORE_INDEX` (255) marking pixels without a label:
+* ``batch[task]`` for each task, with :data:`IGNORE_INDEX` (255) marking pixels without a label,
+  laid out by the task's kind:
 
-  ============  =====================  ==========================================
-  task          target                 values
-  ============  =====================  ==========================================
-  semseg        ``(B, H, W)`` int64    class ids ``0..C-1``
-  human_parts   ``(B, H, W)`` int64    ``0`` background, ``1..6`` parts
-  sal           ``(B, 1, H, W)`` f32   ``{0, 1}``
-  edge          ``(B, 1, H, W)`` f32   ``{0, 1}``
-  normals       ``(B, 3, H, W)`` f32   unit vectors, all three channels 255 if invalid
-  depth         ``(B, 1, H, W)`` f32   metres
-  ============  =====================  ==========================================
+  ============  ============  =====================  ======================================
+  kind          tasks         target                 values
+  ============  ============  =====================  ======================================
+  segmentation  semseg,       ``(B, H, W)`` int64    class ids ``0..C-1`` (human_parts:
+                human_parts                          ``0`` background, ``1..6`` parts)
+  binary        sal, edge     ``(B, 1, H, W)`` f32   ``{0, 1}``
+  normals       normals       ``(B, 3, H, W)`` f32   unit vectors, all three channels 255 if
+                                                     invalid
+  depth         depth         ``(B, 1, H, W)`` f32   metres
+  ============  ============  =====================  ======================================
 
 * ``batch["meta"]`` (optional): dict of lists, e.g. ``{"id": [...], "size": [...]}``.
 
 Model outputs are ``{task: logits (B, C_t, H, W)}`` at the input resolution.
+
+Per kind: segmentation is trained with cross-entropy and scored by mIoU/pixel accuracy, binary
+with balanced BCE (positive weight adaptive to the batch unless the task sets its own loss) and
+mIoU/maxF, normals with the L1 of the unit-normalised prediction and angle errors (flips negate
+x, warps rotate the vectors in-plane), depth with L1 and RMSE (zooms divide it).  Data-set
+readers (PASCAL-Context, NYUD) name the tasks their files hold.
 """
 
 from __future__ import annotations

@@ -239,8 +239,10 @@ def _unit(vector: list[float]) -> np.ndarray:
 class SyntheticDataModule(MultiTaskDataModule):
     """Deterministic synthetic scenes with all six tasks; runs anywhere, in seconds.
 
+    Registered tasks with a synthetic-label function are available as well (:attr:`available_tasks`).
+
     Args:
-        tasks: tasks to produce (default the six rendered ones; see :attr:`available_tasks`).
+        tasks: tasks to produce (default all six).
         train_size: number of training scenes.
         val_size: number of validation scenes.
         test_size: number of test scenes (a third, independent split).
