@@ -15,6 +15,8 @@ from mtlora.data.transforms import MultiTaskTransform
 from mtlora.losses import MultiTaskLoss, balanced_bce_loss
 from mtlora.metrics import headline_key, headline_metric
 from mtlora.metrics.delta_m import delta_m_terms
+from mtlora.report.render import markdown
+from mtlora.report.runs import RunRow
 from mtlora.tasks import TaskSpec, register_task, task_info, unregister_task
 
 CONFIG = Path(__file__).parent / "configs" / "tiny_synthetic.yaml"
@@ -66,6 +68,14 @@ def test_delta_m_takes_the_direction_a_task_declares(registered):
         ValueError, match="direction of 'sal/odd' unknown"
     ):  # undeclared metric names still fail
         delta_m_terms({"sal/odd": 1.0}, {"sal/odd": 1.0})
+
+
+def test_report_columns_follow_the_registry_and_keep_unknown_tasks(registered):
+    registered(TaskSpec("count", "depth", 1.0, 1, False, headline="abs_err"))
+    row = RunRow("r", "MTLoRA", ["semseg", "count"], {"ghost/x": 1.0, "count/abs_err": 2.0, "semseg/mIoU": 3.0},
+                 None, None, 0, "val/loss", "runs/r")  # fmt: skip
+    header = next(line for line in markdown([row], [], "t").splitlines() if line.startswith("| Method"))
+    assert header.index("semseg mIoU ↑") < header.index("count abs_err ↓") < header.index("ghost x")
 
 
 def test_toy_task_gets_the_kind_defaults_of_loss_and_augmentation(registered):
