@@ -95,6 +95,11 @@ class TaskSpec:
     """How the synthetic data set derives this task's label (built-in tasks are rendered)."""
 
     @property
+    def regression(self) -> bool:
+        """Whether the task regresses continuous values (normals, depth) rather than classifying."""
+        return self.kind in ("normals", "depth")
+
+    @property
     def headline_metric(self) -> str:
         """The metric Δm uses for this task."""
         return self.headline if self.headline is not None else KIND_HEADLINES[self.kind]
@@ -156,6 +161,8 @@ def register_task(spec: TaskSpec, *, replace: bool = False) -> TaskSpec:
 
     A task's name becomes a batch key, an output folder and the ``<task>/`` prefix of metric
     names, so it must be a Python identifier; ``replace=True`` redefines an existing task.
+    Register at import time of a module the whole run imports: data loader workers started
+    with ``spawn`` (and checkpoints loaded later) only know the tasks registered on import.
     """
     if not isinstance(spec, TaskSpec):
         raise TypeError(f"register_task expects a TaskSpec, got {type(spec).__name__}")

@@ -18,6 +18,7 @@ from mtlora.metrics.delta_m import delta_m_terms
 from mtlora.report.render import markdown
 from mtlora.report.runs import RunRow
 from mtlora.tasks import TaskSpec, register_task, task_info, unregister_task
+from mtlora.weighting import UncertaintyWeighting
 
 CONFIG = Path(__file__).parent / "configs" / "tiny_synthetic.yaml"
 
@@ -56,6 +57,9 @@ def test_register_task_checks_its_input(registered):
     assert task_info("person").headline_metric == "mIoU" and headline_key("person") == "person/mIoU"
     assert headline_metric("edge") == ("odsF", True)  # a task's own headline beats its kind's
     assert MultiTaskLoss(["sal", "person"]).weights == {"sal": 5.0, "person": 3.0}
+    registered(TaskSpec("height", "depth", 2.0, 1, False))
+    factors = UncertaintyWeighting(["person", "height"], {"person": 3.0, "height": 2.0}).factor
+    assert factors.tolist() == [1.0, 0.5]  # regression kinds get Kendall's 1/2
 
 
 def test_delta_m_takes_the_direction_a_task_declares(registered):
