@@ -93,22 +93,28 @@ def depth_loss(pred: Tensor, target: Tensor) -> Tensor:
     return _masked_mean(*depth_loss_sum(pred, target))
 
 
+_KIND_LOSSES = {
+    "segmentation": lambda logits, target, per_image: segmentation_loss_sum(logits, target),
+    "binary": lambda logits, target, per_image: balanced_bce_loss_sum(logits, target, None, per_image),
+    "normals": lambda logits, target, per_image: normals_loss_sum(logits, target),
+    "depth": lambda logits, target, per_image: depth_loss_sum(logits, target),
+}
+"""Default loss of each task kind, ``(logits, target, per_image) -> (sum, count)``."""
+
+
 def task_loss_sum(
     task: str, logits: Tensor, target: Tensor, per_image: bool = False
 ) -> tuple[Tensor, Tensor]:
     """``(summed loss, labelled count)`` of ``task``; the loss is their ratio (0 when nothing is labelled).
 
-    Summing both over batches and processes gives the data set's loss whatever the batching;
-    ``per_image`` only matters for saliency's batch-adaptive weight (see :func:`balanced_bce_loss_sum`).
+    The task's own loss (:attr:`~mtlora.tasks.TaskSpec.loss`, e.g. edge's fixed positive weight)
+    or else its kind's.  Summing both over batches and processes gives the data set's loss
+    whatever the batching; ``per_image`` only matters for the batch-adaptive weight of binary
+    tasks (see :func:`balanced_bce_loss_sum`).
     """
-    kind = task_info(task).kind
-    if kind == "segmentation":
-        return segmentation_loss_sum(logits, target)
-    if kind == "binary":
-        return balanced_bce_loss_sum(logits, target, 0.95 if task == "edge" else None, per_image)
-    if kind == "normals":
-        return normals_loss_sum(logits, target)
-    return depth_loss_sum(logits, target)
+    spec = task_info(task)
+    loss = spec.loss if spec.loss is not None else _KIND_LOSSES[spec.kind]
+    return loss(logits, target, per_image)
 
 
 def task_loss(task: str, logits: Tensor, target: Tensor) -> Tensor:

@@ -4,10 +4,10 @@ Layout of the output folder (``<id>`` is the sample id; for an image folder the 
 its extension, so ``x.jpg`` and ``x.png`` never overwrite each other):
 
 * ``<id>.png``: the panel (input, predictions, ground truth when known, with legends and colour bars);
-* ``<task>/<id>.png`` for segmentation tasks: class ids as a palette PNG (pixel value = class id,
+* ``<task>/<id>.png`` for segmentation-kind tasks (:mod:`mtlora.tasks`): class ids as a palette PNG (pixel value = class id,
   shown in the panels' colours; 16-bit grey above 256 classes);
-* ``<task>/<id>.npy`` otherwise, float32: ``sal``/``edge`` probabilities ``(H, W)`` in 0..1,
-  ``depth`` ``(H, W)`` in the training data's unit, ``normals`` unit vectors ``(H, W, 3)``.
+* ``<task>/<id>.npy`` otherwise, float32: binary tasks (sal, edge) probabilities ``(H, W)`` in
+  0..1, depth ``(H, W)`` in the training data's unit, normals unit vectors ``(H, W, 3)``.
 
 Per-task files have the original image size when the batch says what it was (``meta["size"]``;
 image folders also say which part of the padded input is the image, ``meta["content"]``), else

@@ -22,38 +22,20 @@ from torch import Tensor
 
 from mtlora.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mtlora.tasks import IGNORE_INDEX, task_info
-
-VOC_CLASSES = [
-    "background",
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-]
-PART_CLASSES = ["background", "head", "torso", "upper arm", "lower arm", "upper leg", "lower leg"]
+from mtlora.tasks import PART_CLASSES as PART_CLASSES  # re-exported: legend names
+from mtlora.tasks import VOC_CLASSES as VOC_CLASSES
 
 
 def class_names(task: str, num_classes: int) -> list[str]:
-    if task == "human_parts":
-        return PART_CLASSES[:num_classes]
-    if task == "semseg" and num_classes == len(VOC_CLASSES):
-        return VOC_CLASSES
+    """Legend names of a segmentation task's classes (its registry entry's, else ``class k``).
+
+    Names of a task whose class count the data set decides (semseg) are only used when the
+    count matches them (21 PASCAL VOC classes, not NYUD's 40).
+    """
+    spec = task_info(task)
+    names = spec.class_names
+    if names and (spec.channels is not None or num_classes == len(names)):
+        return list(names[:num_classes])
     return [f"class {k}" for k in range(num_classes)]
 
 

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 
+from mtlora.tasks import task_info
+
 log = logging.getLogger(__name__)
 
 _MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)  # ImageNet normalisation of the data modules
@@ -116,7 +118,8 @@ def example_images(
     for task, logits in outputs.items():
         target = batch[task][:count].detach().cpu()
         logits = logits.detach().float().cpu()
-        if task in ("semseg", "human_parts", "sal", "edge"):
+        kind = task_info(task).kind
+        if kind in ("segmentation", "binary"):
             pred = logits.argmax(1) if logits.shape[1] > 1 else (logits[:, 0] > 0).long()
             truth = (
                 target
@@ -131,12 +134,12 @@ def example_images(
                 for p, t in zip(pred, truth)
             ]
             out[task] = (rgb, {"masks": masks})
-        elif task == "normals":
+        elif kind == "normals":
             out[task] = (
                 [np.concatenate([_normals_rgb(t), _normals_rgb(p)], 1) for t, p in zip(target, logits)],
                 {"caption": ["truth | prediction"] * len(rgb)},
             )
-        elif task == "depth":
+        elif kind == "depth":
             pairs = []
             for t, p in zip(target[:, 0], logits[:, 0]):
                 top = float(t[t != 255].max()) if (t != 255).any() else 1.0

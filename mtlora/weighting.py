@@ -73,7 +73,7 @@ class UncertaintyWeighting(LossWeighting):
 
     def __init__(self, tasks: Sequence[str], fixed: Mapping[str, float]) -> None:
         super().__init__(tasks, fixed)
-        regression = [task_info(t).kind in ("normals", "depth") for t in self.tasks]
+        regression = [task_info(t).regression for t in self.tasks]
         self.register_buffer(
             "factor", torch.tensor([0.5 if r else 1.0 for r in regression]), persistent=False
         )

@@ -33,14 +33,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mtlora.data.transforms import _MIN_NORMAL_NORM, _NUM_PARTS, IMAGENET_MEAN, IMAGENET_STD, BorderLabel
-from mtlora.tasks import IGNORE_INDEX, validate_tasks
+from mtlora.data.transforms import _MIN_NORMAL_NORM, IMAGENET_MEAN, IMAGENET_STD, BorderLabel
+from mtlora.tasks import IGNORE_INDEX, task_info, tasks_of_kind, validate_tasks
 
 __all__ = ["AUGMENT_KEY", "DeviceAugment", "DevicePrep", "collate_padded"]
 
 #: Batch key of the per-sample parameters ``(flip, angle in degrees, scale, height, width)``.
 AUGMENT_KEY = "device_augment"
-_LABELS = ("semseg", "human_parts", "sal", "edge")
+_LABEL_KINDS = ("segmentation", "binary")  # label maps, shipped as uint8
 
 
 class DevicePrep:
@@ -102,15 +102,15 @@ class DevicePrep:
         # H x W leading, no transposes: the collate copies once, the device permutes
         out = {"image": _tensor(sample["image"], np.uint8)}
         for task in self.tasks:
-            value = sample[task]
-            if task in _LABELS:
+            value, kind = sample[task], task_info(task).kind
+            if kind in _LABEL_KINDS:
                 out[task] = _tensor(value, np.uint8)
-            elif task == "normals" and value.dtype == np.uint8:  # 8-bit code of a prepared data set
+            elif kind == "normals" and value.dtype == np.uint8:  # 8-bit code of a prepared data set
                 out[task] = _tensor(value, np.uint8)
-                out["normals_zero"] = _tensor(sample["normals_zero"], np.uint8)
-            elif task == "normals":
+                out[f"{task}_zero"] = _tensor(sample[f"{task}_zero"], np.uint8)
+            elif kind == "normals":
                 out[task] = _tensor(value, np.float16)
-            elif task == "depth":
+            elif kind == "depth":
                 out[task] = _tensor(value, np.float32)
         out[AUGMENT_KEY] = torch.tensor([float(flip), angle, scale, height, width], dtype=torch.float64)
         return out
@@ -132,11 +132,13 @@ def _normals_code_to_float(code: torch.Tensor, zero: torch.Tensor) -> torch.Tens
 def collate_padded(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack samples whose tensors are ``H x W``-leading, zero-padded to the batch's largest size."""
     metas = [sample.get("meta", {}) for sample in samples]
-    if any("normals_zero" in s for s in samples) and not all("normals_zero" in s for s in samples):
-        for sample in samples:  # mixed normals storage (8-bit code and float): all float16
-            if "normals_zero" in sample:
-                code, zero = sample.pop("normals"), sample.pop("normals_zero")
-                sample["normals"] = _normals_code_to_float(code, zero).half()
+    for task in tasks_of_kind("normals"):
+        zero_key = f"{task}_zero"
+        if any(zero_key in s for s in samples) and not all(zero_key in s for s in samples):
+            for sample in samples:  # mixed normals storage (8-bit code and float): all float16
+                if zero_key in sample:
+                    code, zero = sample.pop(task), sample.pop(zero_key)
+                    sample[task] = _normals_code_to_float(code, zero).half()
     height = max(int(s["image"].shape[0]) for s in samples)
     width = max(int(s["image"].shape[1]) for s in samples)
     batch: dict[str, Any] = {AUGMENT_KEY: torch.stack([s[AUGMENT_KEY] for s in samples])}
@@ -210,27 +212,27 @@ class DeviceAugment:
         def resample(value: torch.Tensor, mode: str) -> torch.Tensor:
             return F.grid_sample(value.to(dtype), grid, mode=mode, padding_mode="zeros", align_corners=False)
 
-        out = {key: value for key, value in batch.items() if key not in (*self.tasks, "normals_zero")}
+        zero_keys = [f"{task}_zero" for task in self.tasks]
+        out = {key: value for key, value in batch.items() if key not in (*self.tasks, *zero_keys)}
         mean = torch.tensor(IMAGENET_MEAN, dtype=dtype, device=image.device).view(1, 3, 1, 1) * 255
         std = torch.tensor(IMAGENET_STD, dtype=dtype, device=image.device).view(1, 3, 1, 1) * 255
         out["image"] = (resample(image, "bicubic").clamp(0, 255) - mean) / std
         for task in self.tasks:
-            value = batch[task]
-            if task in _LABELS:
+            value, spec = batch[task], task_info(task)
+            if spec.kind in _LABEL_KINDS:
                 labels = resample(value[:, None], "nearest")[:, 0].round()
                 labels = torch.where(inside, labels, torch.full_like(labels, self.border_fill))
-                if task == "human_parts":
-                    has_parts = ((labels >= 1) & (labels <= _NUM_PARTS)).flatten(1).any(dim=1)
-                    labels = torch.where(
-                        has_parts[:, None, None], labels, torch.full_like(labels, IGNORE_INDEX)
-                    )
-                out[task] = labels.long() if task in ("semseg", "human_parts") else labels[:, None]
-            elif task == "normals":
-                if "normals_zero" in batch:
-                    value = _normals_code_to_float(value, batch["normals_zero"])
+                if spec.ignore_without_foreground:  # e.g. images without person parts
+                    top = IGNORE_INDEX - 1 if spec.channels is None else spec.channels - 1
+                    has_fg = ((labels >= 1) & (labels <= top)).flatten(1).any(dim=1)
+                    labels = torch.where(has_fg[:, None, None], labels, torch.full_like(labels, IGNORE_INDEX))
+                out[task] = labels.long() if spec.kind == "segmentation" else labels[:, None]
+            elif spec.kind == "normals":
+                if f"{task}_zero" in batch:
+                    value = _normals_code_to_float(value, batch[f"{task}_zero"])
                 value = value.permute(0, 3, 1, 2)
                 out[task] = self._normals(resample(value, "bicubic"), params.to(dtype))
-            elif task == "depth":
+            elif spec.kind == "depth":
                 depth = (
                     resample(value[:, None], "nearest")
                     * inside[:, None]

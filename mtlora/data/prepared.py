@@ -8,11 +8,12 @@ storage (``s3://...``) can stream chunk by chunk.  Per sample it stores:
 
 * ``image``: the image file's bytes as they are (JPEG/PNG), decoded by the same PIL code as the
   raw reader, so the pixels are identical;
-* every label already decoded (human parts from the ``.mat`` structs, edges and the
+* every label map (segmentation and binary tasks) already decoded (human parts from the ``.mat`` structs, edges and the
   normals-valid mask from the LabelMap), as raw ``uint8`` arrays (``label_format="raw"``) or as
   lossless PNG bytes (``"png"``: about 10x smaller, but each map costs a PNG decode);
 * normals as their 8-bit code (``2 v / 255 - 1``, exactly what the PNG reader computes) plus the
-  mask of zero (invalid) vectors when that reproduces them bit for bit, else as float32;
+  mask of zero (invalid) vectors (``<task>_zero``) when that reproduces them bit for bit, else
+  as float32;
 * depth as float32.
 
 A JSON manifest (:data:`MANIFEST`) records the source folder, its file count and bytes, the
@@ -37,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from mtlora.data.io import DataError, read_rgb
+from mtlora.tasks import TASKS, task_info
 
 __all__ = [
     "MANIFEST",
@@ -55,7 +57,7 @@ _PREPARING = ".mtlora_preparing"
 FORMAT = "mtlora-prepared"
 FORMAT_VERSION = 1
 LABEL_FORMATS = ("raw", "png")
-_UINT8_LABELS = ("semseg", "human_parts", "sal", "edge")
+_UINT8_LABEL_KINDS = ("segmentation", "binary")  # task kinds stored as uint8 label maps
 
 
 def is_uri(root: str) -> bool:
@@ -164,20 +166,21 @@ def encode_sample(
     for task, value in decoded.items():
         if task == "image":
             continue
-        if task in _UINT8_LABELS:
+        kind = task_info(task).kind if task in TASKS else None
+        if kind in _UINT8_LABEL_KINDS:
             value = np.ascontiguousarray(value, dtype=np.uint8)
             item[task] = _png_bytes(value) if label_format == "png" else value
-        elif task == "normals":
+        elif kind == "normals":
             normals = np.ascontiguousarray(value, dtype=np.float32)
             zero = (normals == 0).all(axis=2).astype(np.uint8)
             code = np.clip(np.rint((normals + 1.0) * 127.5), 0, 255).astype(np.uint8)
             if np.array_equal(_decode_normal_code(code, zero), normals):
-                item["normals"] = code
-                item["normals_zero"] = zero
+                item[task] = code
+                item[f"{task}_zero"] = zero
             else:
-                item["normals"] = normals
-                item["normals_zero"] = np.zeros((0, 0), dtype=np.uint8)
-        elif task == "depth":
+                item[task] = normals
+                item[f"{task}_zero"] = np.zeros((0, 0), dtype=np.uint8)
+        elif kind == "depth":
             item[task] = np.ascontiguousarray(value, dtype=np.float32)
         else:
             raise DataError(f"sample {sample_id}: no prepared encoding for task {task!r}")
@@ -195,15 +198,15 @@ def decode_prepared(
     """
     sample = {"image": read_rgb(io.BytesIO(bytes(item["image"])))}
     for task in tasks:
-        value = item[task]
-        if task in _UINT8_LABELS:
+        value, kind = item[task], task_info(task).kind
+        if kind in _UINT8_LABEL_KINDS:
             sample[task] = value if isinstance(value, np.ndarray) else _png_array(value)
-        elif task == "normals":
-            zero = item["normals_zero"]
+        elif kind == "normals":
+            zero = item[f"{task}_zero"]
             if value.dtype == np.float32:
                 sample[task] = value
             elif compact_normals:
-                sample[task], sample["normals_zero"] = value, zero
+                sample[task], sample[f"{task}_zero"] = value, zero
             else:
                 sample[task] = _decode_normal_code(value, zero)
         else:

@@ -16,6 +16,9 @@ derived from the same geometry:
 * edge: boundaries between semantic classes;
 * image: class colour (part tint on persons) x Lambertian shading from the normals + class
   stripes + depth haze + noise, so every task is visible in the RGB image.
+
+Any other registered task whose :attr:`~mtlora.tasks.TaskSpec.synthetic` function derives its
+label from such a scene is available too.
 """
 
 from __future__ import annotations
@@ -28,13 +31,15 @@ import numpy as np
 
 from mtlora.data.datamodule import MultiTaskDataModule, Reader
 from mtlora.data.transforms import AugmentOn, BorderLabel, EvalResolution
-from mtlora.tasks import IGNORE_INDEX
+from mtlora.tasks import IGNORE_INDEX, TASKS
 
 __all__ = ["SyntheticDataModule", "SyntheticScenes"]
 
 log = logging.getLogger(__name__)
 
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+#: Tasks the renderer draws itself (in the order of the default task list).
+RENDERED_TASKS = ("semseg", "human_parts", "sal", "normals", "edge", "depth")
 _LIGHT = np.array([-0.4, -0.6, 0.7], dtype=np.float32) / np.linalg.norm([-0.4, -0.6, 0.7])
 _HAZE = np.array([0.72, 0.76, 0.82], dtype=np.float32)
 # Tints of the six parts (head, torso, upper arm, lower arm, upper leg, lower leg).
@@ -124,7 +129,7 @@ class SyntheticScenes:
         edge[:-1, :] |= vertical
 
         image = self._shade(rng, semseg, normals, depth, tint)
-        return {
+        scene = {
             "image": image,
             "semseg": semseg,
             "human_parts": parts,
@@ -133,6 +138,10 @@ class SyntheticScenes:
             "normals": normals,
             "depth": depth,
         }
+        for name, spec in TASKS.items():  # registered tasks derived from the rendered ones
+            if name not in scene and spec.synthetic is not None:
+                scene[name] = spec.synthetic(scene)
+        return scene
 
     def _draw_object(
         self,
@@ -230,6 +239,8 @@ def _unit(vector: list[float]) -> np.ndarray:
 class SyntheticDataModule(MultiTaskDataModule):
     """Deterministic synthetic scenes with all six tasks; runs anywhere, in seconds.
 
+    Registered tasks with a synthetic-label function are available as well (:attr:`available_tasks`).
+
     Args:
         tasks: tasks to produce (default all six).
         train_size: number of training scenes.
@@ -246,6 +257,12 @@ class SyntheticDataModule(MultiTaskDataModule):
     """
 
     test_split = "test"
+
+    @property
+    def available_tasks(self) -> tuple[str, ...]:  # type: ignore[override]
+        """The rendered tasks and every registered task with a synthetic-label function."""
+        extra = (name for name, spec in TASKS.items() if spec.synthetic is not None)
+        return (*RENDERED_TASKS, *(name for name in extra if name not in RENDERED_TASKS))
 
     def __init__(
         self,
@@ -269,9 +286,7 @@ class SyntheticDataModule(MultiTaskDataModule):
         augment_on: AugmentOn = "cpu",
     ) -> None:
         super().__init__(
-            tasks=list(tasks)
-            if tasks is not None
-            else ["semseg", "human_parts", "sal", "normals", "edge", "depth"],
+            tasks=list(tasks) if tasks is not None else list(RENDERED_TASKS),
             batch_size=batch_size,
             num_workers=num_workers,
             img_size=img_size,

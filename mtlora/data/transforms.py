@@ -51,7 +51,7 @@ import cv2
 import numpy as np
 import torch
 
-from mtlora.tasks import IGNORE_INDEX, validate_tasks
+from mtlora.tasks import IGNORE_INDEX, task_info, tasks_of_kind, validate_tasks
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -73,29 +73,24 @@ EvalResolution = Literal["resized", "original"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_NUM_PARTS = 6
 _MIN_NORMAL_NORM = 0.5
 
-# How each target travels through albumentations: normals are resampled like an image (cubic,
-# fill 0 = invalid), labels and depth like masks (nearest, fill = border label).
-_ADDITIONAL_TARGETS = {
-    "normals": "image",
-    "semseg": "mask",
-    "human_parts": "mask",
-    "sal": "mask",
-    "edge": "mask",
-    "depth": "mask",
-}
+
+def _additional_targets(tasks: Sequence[str]) -> dict[str, str]:
+    """How each target travels through albumentations: normals are resampled like an image
+    (cubic, fill 0 = invalid), labels and depth like masks (nearest, fill = border label)."""
+    return {task: "image" if task_info(task).kind == "normals" else "mask" for task in tasks}
 
 
 class HorizontalFlipNormals(A.HorizontalFlip):
-    """Horizontal flip that also negates the x component of a ``normals`` target."""
+    """Horizontal flip that also negates the x component of every normals-kind target."""
 
     def apply_with_params(self, params: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
         out = super().apply_with_params(params, *args, **kwargs)
-        normals = out.get("normals")
-        if normals is not None:
-            out["normals"] = normals * np.array([-1.0, 1.0, 1.0], dtype=normals.dtype)
+        for task in tasks_of_kind("normals"):
+            normals = out.get(task)
+            if normals is not None:
+                out[task] = normals * np.array([-1.0, 1.0, 1.0], dtype=normals.dtype)
         return out
 
 
@@ -104,8 +99,8 @@ class ScaleRotate(A.DualTransform):
 
     The angle is drawn uniformly from ``rotation_range`` (degrees, counter-clockwise on screen,
     OpenCV convention); the scale uniformly from ``scale_range`` or from ``scale_choices``.
-    ``normals`` (if present) are rotated in-plane by the same angle, ``depth`` is divided by the
-    scale (zooming in by s brings the scene s times closer) and its new border is 0 (invalid).
+    Normals-kind targets (if present) are rotated in-plane by the same angle, depth-kind ones
+    are divided by the scale (zooming in by s brings the scene s times closer) and its new border is 0 (invalid).
 
     Args:
         rotation_range: (min, max) angle in degrees.
@@ -167,18 +162,18 @@ class ScaleRotate(A.DualTransform):
         return self._warp(mask, matrix, dsize, cv2.INTER_NEAREST, float(self.fill_mask))
 
     def apply_with_params(self, params: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-        normals = kwargs.pop("normals", None)
-        depth = kwargs.pop("depth", None)
+        normals = {task: kwargs.pop(task) for task in tasks_of_kind("normals") if task in kwargs}
+        depths = {task: kwargs.pop(task) for task in tasks_of_kind("depth") if task in kwargs}
         out = super().apply_with_params(params, *args, **kwargs)
         matrix, dsize, scale = params["matrix"], params["dsize"], params["scale"]
-        if normals is not None:
+        for task, value in normals.items():
             rot = (matrix[:, :2] / scale).astype(np.float32)  # (2, 2) pure rotation
-            rotated = normals.astype(np.float32, copy=True)
-            rotated[..., :2] = normals[..., :2] @ rot.T
-            out["normals"] = self._warp(rotated, matrix, dsize, cv2.INTER_CUBIC, 0.0)
-        if depth is not None:
-            warped = self._warp(depth.astype(np.float32), matrix, dsize, cv2.INTER_NEAREST, 0.0)
-            out["depth"] = warped / np.float32(scale)
+            rotated = value.astype(np.float32, copy=True)
+            rotated[..., :2] = value[..., :2] @ rot.T
+            out[task] = self._warp(rotated, matrix, dsize, cv2.INTER_CUBIC, 0.0)
+        for task, value in depths.items():
+            warped = self._warp(value.astype(np.float32), matrix, dsize, cv2.INTER_NEAREST, 0.0)
+            out[task] = warped / np.float32(scale)
         return out
 
 
@@ -259,7 +254,7 @@ class MultiTaskTransform:
                 mask_interpolation=cv2.INTER_NEAREST,
             )
         )
-        self.compose = A.Compose(steps, additional_targets=dict(_ADDITIONAL_TARGETS))
+        self.compose = A.Compose(steps, additional_targets=_additional_targets(self.tasks))
         self.set_random_seed(seed)
         self._mean = np.asarray(IMAGENET_MEAN, dtype=np.float32) * 255.0
         self._inv_std = 1.0 / (np.asarray(IMAGENET_STD, dtype=np.float32) * 255.0)
@@ -296,17 +291,19 @@ class MultiTaskTransform:
         """AddIgnoreRegions + ToTensor + Normalize of the official pipeline (with the fixes above)."""
         result: dict[str, torch.Tensor] = {"image": self._image_tensor(out["image"])}
         for task in self.tasks:
-            value = out[task]
-            if task in ("semseg", "human_parts"):
+            value, spec = out[task], task_info(task)
+            if spec.kind == "segmentation":
                 labels = value.astype(np.int64)
-                if task == "human_parts" and not ((labels >= 1) & (labels <= _NUM_PARTS)).any():
-                    labels = np.full_like(labels, IGNORE_INDEX)  # no person parts -> ignored, not background
+                if spec.ignore_without_foreground and not _has_foreground(labels, spec.channels):
+                    labels = np.full_like(
+                        labels, IGNORE_INDEX
+                    )  # e.g. no person parts: ignored, not background
                 result[task] = torch.from_numpy(labels)
-            elif task in ("sal", "edge"):
+            elif spec.kind == "binary":
                 result[task] = torch.from_numpy(value.astype(np.float32)[None])
-            elif task == "normals":
+            elif spec.kind == "normals":
                 result[task] = torch.from_numpy(self._normals(value))
-            elif task == "depth":
+            elif spec.kind == "depth":
                 depth = value.astype(np.float32, copy=True)
                 depth[(depth <= 0) | ~np.isfinite(depth)] = IGNORE_INDEX
                 result[task] = torch.from_numpy(depth[None])
@@ -327,3 +324,9 @@ class MultiTaskTransform:
         unit = normals / np.maximum(norm, 1e-12)
         unit[~valid] = IGNORE_INDEX
         return np.ascontiguousarray(unit.transpose(2, 0, 1))
+
+
+def _has_foreground(labels: np.ndarray, channels: int | None) -> bool:
+    """Whether a label map holds any class ``1..channels-1`` (any non-zero class if unbounded)."""
+    top = IGNORE_INDEX - 1 if channels is None else channels - 1
+    return bool(((labels >= 1) & (labels <= top)).any())

@@ -16,27 +16,22 @@ edge               ``loss``, ``odsF``
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
 from mtlora.metrics.depth import DepthMetric
-from mtlora.metrics.edge import EdgeMetric
 from mtlora.metrics.normals import NormalsMetric
 from mtlora.metrics.saliency import SaliencyMetric
 from mtlora.metrics.segmentation import SegmentationMetric
-from mtlora.tasks import task_info, validate_tasks
+from mtlora.tasks import TASKS, task_info, validate_tasks
 
 HEADLINE_METRICS: dict[str, tuple[str, bool]] = {
-    "semseg": ("mIoU", True),
-    "human_parts": ("mIoU", True),
-    "sal": ("mIoU", True),
-    "normals": ("mean", False),
-    "depth": ("rmse", False),
-    "edge": ("odsF", True),
+    name: (spec.headline_metric, spec.higher_is_better) for name, spec in TASKS.items()
 }
-"""Task → (metric used by Δm, higher is better); the choices of the official Δm code."""
+"""Built-in task → (metric used by Δm, higher is better); :func:`headline_metric` also knows
+tasks registered later."""
 
 METRIC_DIRECTIONS: dict[str, bool] = {
     "mIoU": True,
@@ -57,13 +52,22 @@ METRIC_DIRECTIONS: dict[str, bool] = {
 
 def headline_metric(task: str) -> tuple[str, bool]:
     """The metric Δm uses for ``task`` and whether higher is better, e.g. ``("mean", False)``."""
-    task_info(task)  # unknown task → error listing the known ones
-    return HEADLINE_METRICS[task]
+    spec = task_info(task)  # unknown task → error listing the known ones
+    return spec.headline_metric, spec.higher_is_better
 
 
 def headline_key(task: str) -> str:
     """``"<task>/<headline metric>"``, the key of ``task`` in evaluator outputs and baselines."""
     return f"{task}/{headline_metric(task)[0]}"
+
+
+_KIND_METRICS: dict[str, Callable[..., dict[str, Metric]]] = {
+    "segmentation": lambda num_classes, **_: {"segmentation": SegmentationMetric(num_classes)},
+    "binary": lambda num_classes, **_: {"binary": SaliencyMetric()},
+    "normals": lambda num_classes, **_: {"normals": NormalsMetric()},
+    "depth": lambda num_classes, **_: {"depth": DepthMetric()},
+}
+"""Default metrics of each task kind (a task's :attr:`~mtlora.tasks.TaskSpec.metrics` overrides them)."""
 
 
 def build_task_metrics(
@@ -85,28 +89,17 @@ def build_task_metrics(
         edge_exact: also score edges by the BSDS/SEISM protocol (``odsF_bsds``, ``oisF_bsds``;
             comparable with published tables, slow: :mod:`mtlora.metrics.edge_bsds`).
     """
-    info = task_info(task)
-    metric: Metric
-    if info.kind == "segmentation":
-        classes = num_classes if num_classes is not None else info.channels
-        if classes is None:
-            raise ValueError(f"task {task!r} needs num_classes (the data set decides it)")
-        metric = SegmentationMetric(classes)
-    elif task == "sal":
-        metric = SaliencyMetric()
-    elif task == "edge":
-        metric = EdgeMetric(max_dist=edge_max_dist, num_thresholds=edge_num_thresholds)
-    elif info.kind == "normals":
-        metric = NormalsMetric()
-    elif info.kind == "depth":
-        metric = DepthMetric()
-    else:  # pragma: no cover - a new task kind in tasks.py without metrics here
-        raise ValueError(f"no metrics defined for task {task!r} of kind {info.kind!r}")
-    metrics = {info.kind: metric}
-    if task == "edge" and edge_exact:
-        from mtlora.metrics.edge_bsds import BSDSEdgeMetric
-
-        metrics["bsds"] = BSDSEdgeMetric(max_dist=edge_max_dist, num_thresholds=edge_num_thresholds)
+    spec = task_info(task)
+    options = {
+        "edge_max_dist": edge_max_dist,
+        "edge_num_thresholds": edge_num_thresholds,
+        "edge_exact": edge_exact,
+    }
+    classes = num_classes if num_classes is not None else spec.channels
+    if classes is None and spec.kind == "segmentation":
+        raise ValueError(f"task {task!r} needs num_classes (the data set decides it)")
+    factory = spec.metrics if spec.metrics is not None else _KIND_METRICS[spec.kind]
+    metrics = factory(classes, **options)
     return MetricCollection(metrics, prefix=f"{task}/", compute_groups=False)
 
 

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from mtlora.metrics.collection import METRIC_DIRECTIONS
+from mtlora.tasks import TASKS
 
 SINGLE_TASK_BASELINES: dict[str, dict[str, float]] = {
     # MTLoRA paper Table 1 "Single task" row (Swin-T IN-1k, 448², PEFT protocol), reused by every
@@ -106,8 +107,9 @@ def delta_m_terms(
 ) -> list[tuple[str, float, bool]]:
     """The terms of Δm as ``(key, baseline value, higher_is_better)``, validated.
 
-    ``tasks`` defaults to the task prefixes of the keys of ``results``. ``directions`` overrides
-    :data:`~mtlora.metrics.collection.METRIC_DIRECTIONS` per key.
+    ``tasks`` defaults to the task prefixes of the keys of ``results``. A task's headline metric
+    takes the direction its registry entry declares (:mod:`mtlora.tasks`), other metrics that of
+    :data:`~mtlora.metrics.collection.METRIC_DIRECTIONS`; ``directions`` overrides both per key.
     """
     base = resolve_baselines(baselines)
     directions = dict(directions or {})
@@ -133,8 +135,11 @@ def delta_m_terms(
         if not value > 0:
             raise ValueError(f"baseline {key!r} must be positive, got {value}")
         metric = key.split("/", 1)[1]
+        spec = TASKS.get(task)
         if key in directions:
             higher = directions[key]
+        elif spec is not None and spec.headline_metric == metric:  # the task's own declaration
+            higher = spec.higher_is_better
         elif metric in METRIC_DIRECTIONS:
             higher = METRIC_DIRECTIONS[metric]
         else:

@@ -27,7 +27,8 @@ def _columns(rows: Sequence[RunRow], published: bool) -> list[str]:
     keys = {k for r in rows for k in r.metrics}
     if published:
         keys |= {"semseg/mIoU", "human_parts/mIoU", "sal/mIoU", "normals/mean"}
-    return sorted(keys, key=lambda k: list(TASKS).index(k.split("/")[0]))
+    order = {task: i for i, task in enumerate(TASKS)}  # tasks not registered here go last
+    return sorted(keys, key=lambda k: (order.get(k.split("/")[0], len(order)), k))
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -36,8 +37,13 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 def _arrow(key: str) -> str:
     from mtlora.metrics import METRIC_DIRECTIONS
+    from mtlora.tasks import TASKS
 
-    return "↑" if METRIC_DIRECTIONS.get(key.split("/")[1], True) else "↓"
+    task, metric = key.split("/", 1)
+    spec = TASKS.get(task)
+    if spec is not None and spec.headline_metric == metric:  # the task's own declaration
+        return "↑" if spec.higher_is_better else "↓"
+    return "↑" if METRIC_DIRECTIONS.get(metric, True) else "↓"
 
 
 def markdown(rows: Sequence[RunRow], published: Sequence[dict], title: str) -> str:
