@@ -263,7 +263,7 @@ def test_opencv_failure_in_the_transform_is_a_named_data_error(fake, monkeypatch
     def refuse(*args, **kwargs):  # what OpenCV raises past its size limits
         raise cv2.error("OpenCV(5.0) error: (-215:Assertion failed) src.cols < SHRT_MAX")
 
-    dm = module(fake, tasks=["semseg"])
+    dm = module(fake, tasks=["semseg"], augment_on="cpu")  # the warps run in the worker
     dm.setup("fit")
     monkeypatch.setattr(transforms.cv2, "warpAffine", refuse)
     with pytest.raises(DataError, match=rf"sample {fake.train[0]}: error: .*SHRT_MAX"):

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
@@ -80,9 +80,10 @@ def read_ids(path: Path) -> list[str]:
     return ids
 
 
-def _open_image(path: Path) -> Image.Image:
+def _open_image(path: Path | BinaryIO, label: str | Path | None = None) -> Image.Image:
+    path_or_file, path = path, label if label is not None else path
     try:
-        image = Image.open(path)
+        image = Image.open(path_or_file)
         image.load()  # decode now: a truncated file fails here, not later
     except FileNotFoundError as err:
         raise DataError(f"{path}: file does not exist") from err
@@ -96,7 +97,7 @@ def _open_image(path: Path) -> Image.Image:
     return image
 
 
-def read_rgb(path: Path, upright: bool = False) -> np.ndarray:
+def read_rgb(path: Path | BinaryIO, upright: bool = False, name: str | None = None) -> np.ndarray:
     """Read an image file as ``(H, W, 3)`` uint8 RGB, converting other pixel formats faithfully.
 
     Pillow's plain ``convert("RGB")`` clips wide formats at 255 (a 16-bit grey photo comes out
@@ -110,12 +111,14 @@ def read_rgb(path: Path, upright: bool = False) -> np.ndarray:
     * any other mode: refused, naming the file and the mode.
 
     ``upright`` applies the EXIF orientation, as image viewers do (for photos to predict on;
-    data sets with labels keep the stored pixel grid the labels were drawn on).
+    data sets with labels keep the stored pixel grid the labels were drawn on). ``path`` may be
+    an open binary file (image bytes of a prepared data set); ``name`` then names it in errors.
     """
-    with _open_image(path) as image:
+    label = name or (path if isinstance(path, (str, Path)) else "<image bytes>")
+    with _open_image(path, label) as image:
         if upright:
             image = ImageOps.exif_transpose(image)
-        return _to_rgb(image, Path(path))
+        return _to_rgb(image, Path(label))
 
 
 def _to_rgb(image: Image.Image, path: Path) -> np.ndarray:

@@ -196,7 +196,8 @@ def decode_prepared(
     ``normals_zero`` mask): the device-side augmentation decodes them after the transfer, which
     saves the worker a float conversion and ships a quarter of the bytes.
     """
-    sample = {"image": read_rgb(io.BytesIO(bytes(item["image"])))}
+    name = f"prepared sample {item.get('id', '?')}"
+    sample = {"image": read_rgb(io.BytesIO(bytes(item["image"])), name=name)}
     for task in tasks:
         value, kind = item[task], task_info(task).kind
         if kind in _UINT8_LABEL_KINDS:
