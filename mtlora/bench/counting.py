@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-from lightning.fabric.utilities.throughput import measure_flops
 from torch import Tensor
 
 from mtlora.bench.memory import (
@@ -42,6 +41,13 @@ from mtlora.models.model import MultiTaskModel, parameter_counts
 def has_adapters(model: torch.nn.Module) -> bool:
     """Whether ``model`` has low-rank adapter weights (and so a merged form to compare)."""
     return any(".lora_" in f".{n}" for n, _ in model.named_parameters())
+
+
+def measure_flops(model: torch.nn.Module, forward, loss=None) -> int:
+    """Lightning's ``measure_flops``, imported when counting (rendering a report needs no Lightning)."""
+    from lightning.fabric.utilities.throughput import measure_flops as lightning_measure_flops
+
+    return lightning_measure_flops(model, forward, loss)
 
 
 def forward_flops(model: MultiTaskModel, image: Tensor, precision: str) -> float:

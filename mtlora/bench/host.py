@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from lightning.fabric.utilities.throughput import get_available_flops
 
 from mtlora.bench.variants import Precision
 
@@ -65,6 +64,8 @@ def device_peak_tflops(
     for fragment, peaks in _DENSE_PEAK_FIXES.items():
         if fragment in name:
             return peaks[precision], f"dense peak of {fragment} {precision}"
+    from lightning.fabric.utilities.throughput import get_available_flops  # Lightning: only when asked
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an unknown device is reported in the source string
         flops = get_available_flops(device, _DTYPES[precision])
