@@ -99,6 +99,8 @@ def test_bench_cli_writes_json(tmp_path, capsys):
         ("NVIDIA H100 80GB HBM3", "bf16", 989.0),
         ("NVIDIA H100 PCIe", "bf16", 756.0),
         ("NVIDIA H200", "bf16", 989.0),
+        ("NVIDIA H100 NVL", "bf16", 835.0),  # Lightning lists the pair of GPUs
+        ("NVIDIA GH200 480GB", "fp32", 67.0),
         ("NVIDIA A100-SXM4-80GB", "bf16", 312.0),
         ("NVIDIA A100-SXM4-80GB", "fp32", 19.5),
         ("Tesla T4", "bf16", None),
