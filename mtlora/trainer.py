@@ -152,7 +152,8 @@ class MTLoRATrainer(Trainer):
             batch_size: images per step (default: 32 on CUDA, 2 elsewhere).
             img_size: input size (default: the config's; must fit the Swin windows).
             steps: timed steps per measurement, after ``warmup`` untimed ones.
-            warmup: untimed steps first (compilation happens here).
+            warmup: untimed steps first (compilation happens here; at least 3: the first call and
+                the two of ``torch.utils.benchmark``'s timer).
             precision: ``bf16`` autocast, ``fp32``, or ``auto`` (bf16 on CUDA, fp32 elsewhere).
             compile: also measure ``torch.compile(fullgraph=True)`` training and inference, for
                 every variant (``true``) or the listed ones (inductor compiles take minutes each).

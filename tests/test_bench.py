@@ -99,15 +99,20 @@ def test_bench_cli_writes_json(tmp_path, capsys):
         ("NVIDIA H100 80GB HBM3", "bf16", 989.0),
         ("NVIDIA H100 PCIe", "bf16", 756.0),
         ("NVIDIA H200", "bf16", 989.0),
+        ("NVIDIA H100 NVL", "bf16", 835.0),  # Lightning lists the pair of GPUs
+        ("NVIDIA GH200 480GB", "fp32", 67.0),
         ("NVIDIA A100-SXM4-80GB", "bf16", 312.0),
         ("NVIDIA A100-SXM4-80GB", "fp32", 19.5),
         ("Tesla T4", "bf16", None),
     ],
 )
 def test_peak_table(monkeypatch, name, precision, peak):
-    monkeypatch.setattr(bench, "device_name", lambda device: name)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    # Lightning asks the (absent) GPU whether fp32 matmuls may run as TF32; they may not by default
+    monkeypatch.setattr("lightning.fabric.accelerators.cuda._is_ampere_or_later", lambda device=None: True)
     value, source = bench.device_peak_tflops(torch.device("cuda"), precision)
-    assert value == peak and (peak is None) == ("unknown" in source)
+    assert value == (None if peak is None else pytest.approx(peak, rel=1e-3))
+    assert (peak is None) == ("unknown" in source)
     assert bench.device_peak_tflops(torch.device("cpu"), "fp32") == (
         None,
         "unknown peak (pass --peak_tflops)",
@@ -319,3 +324,21 @@ def test_host_memory_kept_retains_large_blocks():
     assert int(outside) > 56 * 2**20 and int(inside) < 8 * 2**20
     with bench.host_memory_kept(torch.device("meta")) as how:
         assert how is None  # only CPU timings are affected
+
+
+def test_counting_keeps_dropout_masks_of_one_byte_like_cuda():
+    """The counted model's dropout keeps CUDA's bool mask (a CPU's ``F.dropout`` keeps float noise)."""
+    x = torch.ones(200_000, requires_grad=True)
+    model = bench.count_dropout_as_cuda(torch.nn.Sequential(torch.nn.Dropout(0.2)))
+    drop = model[0]
+    assert isinstance(drop, bench.MaskDropout) and drop.p == 0.2
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = drop(x)
+    assert [t.dtype for t in saved] == [torch.bool]
+    assert abs(float((y == 0).float().mean()) - 0.2) < 0.01
+    assert float(y.detach().max()) == pytest.approx(1 / 0.8)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, (y != 0).float() / 0.8)
+    drop.eval()
+    assert drop(x) is x

@@ -2,7 +2,7 @@
 
 What a CPU cannot show: bf16 autocast on CUDA kernels, inductor-compiled training against eager,
 no host synchronisation in a real CUDA training step, and whether the device-independent memory
-count (:mod:`mtlora.tensor_memory`) agrees with the CUDA allocator.
+count (:mod:`mtlora.bench.memory`) agrees with the CUDA allocator.
 """
 
 import warnings

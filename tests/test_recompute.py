@@ -1,4 +1,4 @@
-"""Activation recomputation (full / selective), exact tensor-memory counting, one-byte dropout masks."""
+"""Activation recomputation (full / selective) and exact tensor-memory counting of it."""
 
 from dataclasses import replace
 
@@ -6,11 +6,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mtlora.models.lora import MaskDropout
+from mtlora.bench.memory import TensorMemoryMeter, fake_model, new_fake_mode, storage_bytes
 from mtlora.models.model import EncoderConfig, MultiTaskModel
 from mtlora.models.plans import AdapterConfig
 from mtlora.models.recompute import checkpoint_mode
-from mtlora.tensor_memory import TensorMemoryMeter, fake_model, new_fake_mode, storage_bytes
 
 from conftest import PASCAL_CHANNELS, randomize_lora, tiny_encoder
 
@@ -136,22 +135,6 @@ def test_fake_tensors_count_like_real_ones():
     assert fake_meter.peak == meter.peak > 0
 
 
-# ------------------------------------------------------------------------------ dropout
-def test_mask_dropout_keeps_a_bool_mask_and_matches_dropout_statistics():
-    x = torch.ones(200_000, requires_grad=True)
-    drop = MaskDropout(0.2)
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        y = drop(x)
-    assert [t.dtype for t in saved] == [torch.bool]
-    assert abs(float((y == 0).float().mean()) - 0.2) < 0.01
-    assert float(y.detach().max()) == pytest.approx(1 / 0.8)
-    y.sum().backward()
-    torch.testing.assert_close(x.grad, (y != 0).float() / 0.8)
-    drop.eval()
-    assert drop(x) is x
-
-
 def test_selective_checkpointing_option_trains_from_config():
     model = MultiTaskModel(
         PASCAL_CHANNELS, replace(tiny_encoder(), gradient_checkpointing="selective"), MTLORA
@@ -164,7 +147,7 @@ def test_selective_recomputation_compiles_as_one_graph():
     """The selective policy traces under ``torch.compile(fullgraph=True)`` and matches eager."""
     model = build("selective")
     for module in model.modules():  # no dropout: eager and compiled draw different random numbers
-        if isinstance(module, MaskDropout):
+        if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
     x = torch.randn(2, 3, 64, 64)
 

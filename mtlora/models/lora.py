@@ -56,21 +56,6 @@ class LoRASpec:
     mode: SharedMode = "matrix"
 
 
-class MaskDropout(nn.Dropout):
-    """``nn.Dropout`` that keeps a one-byte mask for backward on every device.
-
-    ``F.dropout`` on a CPU keeps its float noise tensor (4 bytes per element in fp32) while
-    CUDA's fused kernel keeps a bool mask; ``native_dropout`` has both kernels, so memory
-    counted on a CPU (:mod:`mtlora.tensor_memory`) matches a GPU's.  Same distribution and
-    scaling as ``nn.Dropout``; a drop-in module (no parameters, same state dict).
-    """
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0:
-            return x
-        return torch.native_dropout(x, self.p, True)[0]
-
-
 def _kaiming_like_linear(weight: Tensor) -> None:
     """In place: U(-1/sqrt(in), 1/sqrt(in)) per (r, in) slice, i.e. nn.Linear's default init."""
     bound = 1.0 / math.sqrt(weight.shape[-1])
@@ -103,7 +88,7 @@ class MultiPathLoRALinear(AdapterModule):
         self.shared_scale = float(spec.shared_scale)
         self.path_scale = float(spec.path_scale)
         self.merged = False
-        self.dropout = MaskDropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
+        self.dropout = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
 
         self.shared_rank = spec.shared_rank if mode != "addition" else 0
         if self.shared_rank > 0:

@@ -19,7 +19,6 @@ works under ``torch.compile``.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Literal
@@ -40,13 +39,6 @@ _MATMULS = {  # op -> position of the left operand, whose last dimension is the 
     _aten.addmm: 1,
     _aten.baddbmm: 1,
 }
-# newer torch (2.14 here) can show the tensors the policy keeps to saved_tensors_hooks (the bench counts
-# saved activations with them); older releases keep them out of sight and lack the argument
-_HOOKS_KWARGS = (
-    {"respect_saved_tensors_hooks": True}
-    if "respect_saved_tensors_hooks" in inspect.signature(checkpoint).parameters
-    else {}
-)
 _ALWAYS_SAVE = {
     _aten.convolution,
     _aten._scaled_dot_product_flash_attention,
@@ -87,4 +79,4 @@ def run_checkpointed(fn: Callable[..., Any], *args: Any, mode: str) -> Any:
     if mode == "full":
         return checkpoint(fn, *args, use_reentrant=False)
     context = partial(create_selective_checkpoint_contexts, selective_policy)
-    return checkpoint(fn, *args, use_reentrant=False, context_fn=context, **_HOOKS_KWARGS)
+    return checkpoint(fn, *args, use_reentrant=False, context_fn=context)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import weakref
 
+import torch
 from torch import Tensor, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -55,6 +56,52 @@ class TensorMemoryMeter(TorchDispatchMode):
             if isinstance(leaf, Tensor):
                 self._track(leaf)
         return out
+
+
+class MaskDropout(nn.Dropout):
+    """``nn.Dropout`` that keeps a one-byte mask for backward on every device.
+
+    CUDA's fused dropout keeps a bool mask; on a CPU ``F.dropout`` keeps its float noise tensor
+    (4 bytes per element in fp32), so memory counted on a CPU would overstate a GPU's.
+    ``native_dropout`` keeps a bool mask on both; same distribution and scaling.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        return torch.native_dropout(x, self.p, True)[0]
+
+
+def count_dropout_as_cuda(model: nn.Module) -> nn.Module:
+    """Replace, in place, every ``nn.Dropout`` of ``model`` by a :class:`MaskDropout` of the same rate.
+
+    A module swap rather than a function mode, so that recomputation in backward (gradient
+    checkpointing) runs the same kernel as the forward did.
+    """
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is nn.Dropout:
+                setattr(module, name, MaskDropout(child.p))
+    return model
+
+
+class ValueReadCounter(TorchDispatchMode):
+    """Counts reads of tensor values into Python (``.item()``, ``bool(t)``, ``.tolist()``).
+
+    On a GPU each such read is a host synchronisation; counting them at the dispatcher finds
+    them on any device, CPU included, so tests can assert their absence without a GPU.
+    """
+
+    READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.READS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
 
 
 def storage_bytes(tensors) -> int:
