@@ -4,7 +4,7 @@ Building LightningCLI's parser means importing Lightning, torch and timm and int
 model, DataModule and Trainer signatures: seconds of start-up and about 1 GB.  ``mtlora --help``,
 ``mtlora report`` and ``mtlora data check`` need none of that, so this module imports only the
 standard library; ``fit|validate|test|predict`` and the extra subcommands (methods of
-:class:`~mtlora.trainer.MTLoRATrainer`) go to :mod:`mtlora.lightning_cli`.
+:class:`~mtlora.training.commands.MTLoRATrainer`) go to :mod:`mtlora.training.lightning_cli`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mtlora.lightning_cli import MTLoRACLI
+    from mtlora.training.lightning_cli import MTLoRACLI
 
 EXTRA_SUBCOMMANDS: dict[str, set[str]] = {
     "summary": {"model", "datamodule"},
@@ -46,10 +46,10 @@ COMMANDS: dict[str, str] = {
 # commands without a model or a data module: module and function, called with the remaining
 # arguments before Lightning is imported (a non-zero integer returned is the exit status)
 LIGHT_COMMANDS: dict[str, tuple[str, str]] = {
-    "report": ("mtlora.report", "report_main"),
-    "sweep": ("mtlora.sweep", "sweep_main"),
+    "report": ("mtlora.tools.report", "report_main"),
+    "sweep": ("mtlora.tools.sweep", "sweep_main"),
     "edge_eval": ("mtlora.metrics.edge_bsds", "edge_eval_main"),
-    "data": ("mtlora.cli_data", "data_main"),
+    "data": ("mtlora.tools.data_cli", "data_main"),
 }
 
 
@@ -82,7 +82,7 @@ def run_cli(args: list[str] | None = None) -> MTLoRACLI | None:
         if isinstance(status, int) and status:
             raise SystemExit(status)
         return None
-    from mtlora.lightning_cli import build_cli
+    from mtlora.training.lightning_cli import build_cli
 
     return build_cli(args)  # None: LightningCLI reads sys.argv itself
 

@@ -5,7 +5,7 @@ Each experiment is a list of :class:`Run` (a shipped config plus command-line ov
 fixed run name so the report finds it again).  Published values (Tables 2 and 3) sit beside the
 runs; they are only ever shown next to measured numbers, never mixed into them.
 
-* ``table1``: every Table-1 row (:data:`mtlora.baselines.BASELINE_CONFIGS`), the single-task
+* ``table1``: every Table-1 row (:data:`mtlora.published.BASELINE_CONFIGS`), the single-task
   rows once per task.
 * ``table2``: MTLoRA r=64 (the table's "None" column) and the same model without the low-rank
   modules of one layer type.  The paper's text says rank 32, but its "None" column (8.34M,
@@ -78,7 +78,7 @@ def _single_task_runs(config: str) -> list[Run]:
 
 
 def _table1() -> Experiment:
-    from mtlora.baselines import BASELINE_CONFIGS, PER_TASK_SUFFIX
+    from mtlora.published import BASELINE_CONFIGS, PER_TASK_SUFFIX
 
     single = BASELINE_CONFIGS["Single task (full FT)"]
     runs = _single_task_runs(single)
@@ -129,7 +129,7 @@ PUBLISHED_TABLE3 = {
     "Freeze position bias": (1.99, 8.32),
     "Freeze patch merging": (1.74, 6.80),
 }
-_LABELS = {  # published column -> the configuration's method label (mtlora.baselines.method_label)
+_LABELS = {  # published column -> the configuration's method label (mtlora.published.method_label)
     **{f"No {t}": f"MTLoRA r=64 (no {t})" for t in ("fc1", "fc2", "proj", "qkv")},
     **{
         f"Freeze {w}": f"MTLoRA r=64 (frozen {w})"

@@ -1,6 +1,6 @@
 """Table 1 on synthetic data: ``make baselines``, kept for old command lines.
 
-The runner is ``mtlora sweep`` (mtlora/sweep.py); this is exactly::
+The runner is ``mtlora sweep`` (mtlora/tools/sweep.py); this is exactly::
 
     mtlora sweep --experiment table1 --out runs/baselines --override configs/baselines/synthetic.yaml \\
         --standin_epochs 8 --reference measured

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from mtlora.adapters_io import load_adapters
+from mtlora.io.adapters import load_adapters
 from mtlora.cli import run_cli
 from mtlora.models.methods import (
     AdapterMethod,

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from mtlora.adapters_io import adapter_state_dict, base_weights_sha256, load_adapters, save_adapters
 from mtlora.cli import run_cli
-from mtlora.models.checkpoints import CheckpointError
+from mtlora.io.adapters import adapter_state_dict, base_weights_sha256, load_adapters, save_adapters
+from mtlora.io.checkpoints import CheckpointError
 from mtlora.models.merging import merge_model
 from mtlora.models.model import EncoderConfig, MultiTaskModel
 from mtlora.models.plans import AdapterConfig

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mtlora.cli import run_cli
-from mtlora.models.checkpoints import CheckpointError
+from mtlora.io.checkpoints import CheckpointError
 
 from fixtures_data import snapshot, write_fake_pascal
 
@@ -138,7 +138,7 @@ def test_checkpoint_of_another_architecture_lists_shapes_and_options(tmp_path, t
     from lightning.pytorch import Trainer
 
     from mtlora.data import SyntheticDataModule
-    from mtlora.module import MultiTaskModule
+    from mtlora.training.module import MultiTaskModule
 
     checkpoint = torch.load(trained_ckpt, weights_only=True)["hyper_parameters"]
     options = {k: v for k, v in checkpoint.items() if not k.startswith("_")}

@@ -9,12 +9,12 @@ import pytest
 import torch
 import yaml
 
-from mtlora.baselines import BASELINE_CONFIGS, method_label
 from mtlora.cli import run_cli
 from mtlora.models.model import MultiTaskModel, parameter_counts
 from mtlora.models.peft import PHMLinear, PHMRules, PromptedWindowAttention
 from mtlora.models.plans import AdapterConfig
 from mtlora.models.swin import window_partition
+from mtlora.published import BASELINE_CONFIGS, method_label
 
 from conftest import PASCAL_CHANNELS, tiny_encoder
 
@@ -179,7 +179,7 @@ def test_phm_weight_is_sum_of_kronecker_products_with_shared_rules():
 
 
 def test_pretrained_swin_checkpoint_loads_into_peft_models(tmp_path):
-    from mtlora.models.checkpoints.backbone import load_pretrained_backbone
+    from mtlora.io.backbone import load_pretrained_backbone
 
     source = build("MTL - full fine-tuning", seed=7)
     path = tmp_path / "swin.pth"

@@ -206,7 +206,7 @@ def test_bench_count_only_counts_without_timing(tmp_path, capsys):
 
 
 def test_cli_variant_names_match_the_bench():
-    from mtlora.trainer import BenchVariant
+    from mtlora.training.commands import BenchVariant
 
     assert BenchVariant.__args__ == bench.Variant.__args__
     assert bench.BenchSettings(compile=["config"]).compiles("config")

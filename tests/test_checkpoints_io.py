@@ -9,7 +9,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from mtlora.models.checkpoints import (
+from mtlora.io.checkpoints import (
     CheckpointError,
     UnsafeCheckpointError,
     extract_state_dict,
@@ -102,9 +102,9 @@ def test_not_a_checkpoint(tmp_path, suffix):
     """The content decides, not the name: a foreign file gets the same named error from every loader."""
     import re
 
-    from mtlora.adapters_io import read_adapters
-    from mtlora.checkpointing import load_lightning_checkpoint
-    from mtlora.module import MultiTaskModule
+    from mtlora.io.adapters import read_adapters
+    from mtlora.training.checkpointing import load_lightning_checkpoint
+    from mtlora.training.module import MultiTaskModule
 
     garbage = tmp_path / f"random{suffix}"
     garbage.write_bytes(b"GARBAGE!" + os.urandom(256))

@@ -16,7 +16,7 @@ import types
 import pytest
 import torch
 
-from mtlora.models.checkpoints import (
+from mtlora.io.checkpoints import (
     CheckpointError,
     ConfigNode,
     UnsafeCheckpointError,
@@ -25,9 +25,9 @@ from mtlora.models.checkpoints import (
     load_official_mtlora_checkpoint,
     official_config_summary,
 )
-from mtlora.models.checkpoints.loading import LoadReport, apply_state_dict
-from mtlora.models.checkpoints.official_mtlora import _convert_official
-from mtlora.models.checkpoints.serialization import RestrictedUnpickler
+from mtlora.io.loading import LoadReport, apply_state_dict
+from mtlora.io.official_mtlora import _convert_official
+from mtlora.io.serialization import RestrictedUnpickler
 from mtlora.models.model import EncoderConfig, MultiTaskModel
 from mtlora.models.plans import AdapterConfig
 

@@ -78,7 +78,7 @@ def test_validate_and_test_write_json(tmp_path):
 
 
 def test_checkpoint_hparams_load_weights_only(tmp_path):
-    from mtlora.module import MultiTaskModule
+    from mtlora.training.module import MultiTaskModule
 
     cli = fit(tmp_path)
     ckpt = next(Path(cli.trainer.log_dir).glob("checkpoints/*.ckpt"))
@@ -108,7 +108,7 @@ def test_summary_gmacs_on_fake_tensors_equal_a_real_forward():
     from torch.utils.flop_counter import FlopCounterMode
 
     from mtlora.models.model import MultiTaskModel
-    from mtlora.summary import gmacs
+    from mtlora.tools.summary import gmacs
 
     from conftest import PASCAL_CHANNELS, tiny_encoder
 
@@ -195,7 +195,7 @@ def test_light_commands_start_without_lightning_or_torch(command):
 
 def test_top_level_help_lists_every_command(capsys):
     from mtlora.cli import COMMANDS, LIGHT_COMMANDS
-    from mtlora.lightning_cli import MTLoRACLI
+    from mtlora.training.lightning_cli import MTLoRACLI
 
     run_cli(["--help"])
     text = capsys.readouterr().out

@@ -1,12 +1,12 @@
 """docs/CONFIG.md documents every model and data option and matches the code."""
 
-from mtlora.config_reference import OUT, generate
+from mtlora.tools.config_reference import OUT, generate
 
 
 def test_config_reference_is_current_and_complete():
     text = generate()
     assert "(undocumented)" not in text, [line for line in text.splitlines() if "(undocumented)" in line]
-    assert OUT.read_text() == text, "docs/CONFIG.md is stale: run `python -m mtlora.config_reference`"
+    assert OUT.read_text() == text, "docs/CONFIG.md is stale: run `python -m mtlora.tools.config_reference`"
     for option in (
         "`shared_rank`",
         "`task_rank`",

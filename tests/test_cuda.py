@@ -16,7 +16,7 @@ from mtlora.losses import MultiTaskLoss
 from mtlora.models.merging import merge_model
 from mtlora.models.model import MultiTaskModel
 from mtlora.models.plans import AdapterConfig
-from mtlora.module import MultiTaskModule
+from mtlora.training.module import MultiTaskModule
 
 from conftest import PASCAL_CHANNELS, randomize_lora, tiny_encoder
 

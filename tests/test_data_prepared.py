@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from mtlora.cli_data import data_main
 from mtlora.data import DataError, NYUDDataModule, PascalContextDataModule, check_data_folder
 from mtlora.data.prepared import MANIFEST, decode_prepared, encode_sample, load_manifest, prepare_dataset
+from mtlora.tools.data_cli import data_main
 
 try:
     from fixtures_data import write_fake_nyud, write_fake_pascal

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from mtlora.cli import run_cli
-from mtlora.export import export_model, load_exported
+from mtlora.io.export import export_model, load_exported
 from mtlora.models.model import MultiTaskModel
 from mtlora.models.plans import AdapterConfig
 

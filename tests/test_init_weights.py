@@ -16,10 +16,10 @@ from test_checkpoints_official import (
 )
 
 from mtlora.cli import run_cli
-from mtlora.init_weights import parse_init_weights
-from mtlora.models.checkpoints import CheckpointError
+from mtlora.io.checkpoints import CheckpointError
 from mtlora.models.plans import AdapterConfig
-from mtlora.module import MultiTaskModule
+from mtlora.training.init_weights import parse_init_weights
+from mtlora.training.module import MultiTaskModule
 
 CONFIG = str(Path(__file__).parent / "configs" / "tiny_synthetic.yaml")
 QUICK = "--trainer.num_sanity_val_steps 0 --trainer.limit_val_batches 1 --data.init_args.val_size 2"
@@ -93,7 +93,7 @@ def test_ckpt_path_reads_nothing_but_the_checkpoint(tmp_path, monkeypatch):
     evaluated, predicted and resumed offline: the checkpoint holds every weight."""
     import socket
 
-    import mtlora.init_weights
+    import mtlora.training.init_weights
     from mtlora.models.model import MultiTaskModel
 
     cli("fit", tmp_path / "a", "--trainer.max_steps 2")
@@ -116,7 +116,7 @@ def test_ckpt_path_reads_nothing_but_the_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", offline)
     monkeypatch.setattr(socket.socket, "connect", offline)
     monkeypatch.setattr(MultiTaskModel, "load_pretrained", must_not_load)
-    monkeypatch.setattr(mtlora.init_weights, "load_init_weights", must_not_load)
+    monkeypatch.setattr(mtlora.training.init_weights, "load_init_weights", must_not_load)
     for command in ("validate", "test"):
         run = cli(command, tmp_path / "c", "", "--ckpt_path", str(ckpt))
         for key, value in run.model.state_dict().items():

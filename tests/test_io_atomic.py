@@ -22,7 +22,7 @@ def tiny_model():
 
 
 def _checkpoint(out: Path, model) -> list[Path]:
-    from mtlora.checkpointing import AtomicCheckpointIO
+    from mtlora.training.checkpointing import AtomicCheckpointIO
 
     AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(2)}}, out / "last.ckpt")
     return [out / "last.ckpt"]
@@ -33,28 +33,28 @@ def _results_json(out: Path, model) -> list[Path]:  # val_results.json, summary/
 
 
 def _report(out: Path, model) -> list[Path]:
-    from mtlora.report.render import plot
+    from mtlora.tools.report.render import plot
 
     plot([], [], out / "pareto.png")
     return [write_text_atomic(out / "table.md", "| a |\n"), out / "pareto.png"]
 
 
 def _adapters(out: Path, model) -> list[Path]:
-    from mtlora.adapters_io import save_adapters
+    from mtlora.io.adapters import save_adapters
 
     save_adapters(model, out / "adapters.safetensors")
     return [out / "adapters.safetensors"]
 
 
 def _export(out: Path, model) -> list[Path]:
-    from mtlora.export import export_model
+    from mtlora.io.export import export_model
 
     export_model(model, out, program=False)
     return [out / "model.safetensors", out / "config.json"]
 
 
 def _similarity(out: Path, model) -> list[Path]:
-    from mtlora.similarity import SimilarityResult, plot_heatmaps
+    from mtlora.tools.similarity import SimilarityResult, plot_heatmaps
 
     result = SimilarityResult(["semseg", "sal"], [torch.eye(2)], batches=1, seconds=0.1)
     plot_heatmaps(result, str(out / "similarity.png"))
@@ -101,13 +101,13 @@ def _save_json(path: Path, model) -> None:
 
 
 def _save_checkpoint(path: Path, model) -> None:
-    from mtlora.checkpointing import atomic_torch_save
+    from mtlora.training.checkpointing import atomic_torch_save
 
     atomic_torch_save({"state_dict": {}}, path)
 
 
 def _save_adapters(path: Path, model) -> None:
-    from mtlora.adapters_io import save_adapters
+    from mtlora.io.adapters import save_adapters
 
     save_adapters(model, path)
 

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch import Trainer
 
 from mtlora.models.plans import AdapterConfig
-from mtlora.module import MultiTaskModule, warmup_cosine
+from mtlora.training.module import MultiTaskModule, warmup_cosine
 
 from conftest import PASCAL_CHANNELS, tiny_encoder
 
@@ -112,7 +112,7 @@ def test_task_without_labelled_pixel_in_an_epoch_is_warned_about(tmp_path, caplo
             default_root_dir=tmp_path,
         )
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="mtlora.module"):
+        with caplog.at_level(logging.WARNING, logger="mtlora.training.module"):
             trainer.fit(make_module(lr_reference_batch=None), datamodule=data)
         return [r.getMessage() for r in caplog.records if "no labelled pixel" in r.getMessage()]
 

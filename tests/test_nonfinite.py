@@ -10,10 +10,10 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from mtlora.data import SyntheticDataModule
-from mtlora.models.checkpoints import CheckpointError
-from mtlora.module import MultiTaskModule
-from mtlora.nonfinite import NonFiniteGuard, NonFiniteStepsError
-from mtlora.trainer import MTLoRATrainer
+from mtlora.io.checkpoints import CheckpointError
+from mtlora.training.commands import MTLoRATrainer
+from mtlora.training.module import MultiTaskModule
+from mtlora.training.nonfinite import NonFiniteGuard, NonFiniteStepsError
 
 from conftest import tiny_encoder
 
@@ -240,7 +240,7 @@ def test_non_finite_state_is_never_written_and_not_predicted_from(tmp_path):
     ):
         MTLoRATrainer(**quiet).export_adapters(module, str(bad), out=str(tmp_path / "a.safetensors"))
     assert not (tmp_path / "a.safetensors").exists()
-    from mtlora.export import export_model
+    from mtlora.io.export import export_model
 
     with pytest.warns(UserWarning, match="diverged"):
         diverged = MultiTaskModule.load_from_checkpoint(bad, weights_only=True).model
@@ -250,7 +250,7 @@ def test_non_finite_state_is_never_written_and_not_predicted_from(tmp_path):
 
 
 def test_nonfinite_tensor_names_is_exact():
-    from mtlora.models.checkpoints.loading import nonfinite_tensor_names
+    from mtlora.io.loading import nonfinite_tensor_names
 
     state = {
         "huge": torch.full((4,), 1e30),  # finite, though its norm overflows float32

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtlora.baselines import paper_comparison
 from mtlora.models.model import EncoderConfig, MultiTaskModel, parameter_counts
 from mtlora.models.plans import AdapterConfig
+from mtlora.published import paper_comparison
 
 from conftest import PASCAL_CHANNELS, tiny_encoder
 

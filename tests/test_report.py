@@ -12,7 +12,7 @@ import pytest
 from lightning.pytorch.loggers import CSVLogger
 
 from mtlora.cli import run_cli
-from mtlora.report import ReportError, build_report, pareto_front, read_wandb_runs
+from mtlora.tools.report import ReportError, build_report, pareto_front, read_wandb_runs
 
 from conftest import tiny_encoder
 

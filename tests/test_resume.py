@@ -15,13 +15,13 @@ import pytest
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from mtlora.checkpointing import (
+from mtlora.data import SyntheticDataModule
+from mtlora.io.checkpoints import CheckpointError
+from mtlora.training.checkpointing import (
     AtomicCheckpointIO,
     capture_rng_state,
     restore_rng_state,
 )
-from mtlora.data import SyntheticDataModule
-from mtlora.models.checkpoints import CheckpointError
 
 TESTS = Path(__file__).parent
 CONFIG = TESTS / "configs" / "tiny_synthetic.yaml"
@@ -208,7 +208,7 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch, io_class, 
     if failure == "pickling":
         payload["extra"] = FailingPayload()
     else:
-        monkeypatch.setattr("mtlora.checkpointing.torch.save", _half_written_then_fail)
+        monkeypatch.setattr("mtlora.training.checkpointing.torch.save", _half_written_then_fail)
     with pytest.raises(RuntimeError, match="disk full"):
         io.save_checkpoint(payload, path)
     kept = torch.load(path, weights_only=True)

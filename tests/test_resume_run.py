@@ -13,8 +13,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from test_resume import CONFIG, finish, start_fit
 
 from mtlora.cli import run_cli
-from mtlora.models.checkpoints import CheckpointError
-from mtlora.resume import (
+from mtlora.io.checkpoints import CheckpointError
+from mtlora.training.resume import (
     CONFIG_KEY,
     ResumeCheckpoint,
     config_drift,
@@ -34,7 +34,7 @@ trainer:
   callbacks:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
       init_args: {monitor: val/loss, save_last: true, filename: "best-{epoch}"}
-    - class_path: mtlora.resume.ResumeCheckpoint
+    - class_path: mtlora.training.resume.ResumeCheckpoint
       init_args: {every_n_steps: 2}
 data:
   init_args: {tasks: [semseg, normals], train_size: 8, val_size: 2, batch_size: 2}
@@ -44,7 +44,7 @@ trainer:
   callbacks:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
       init_args: {monitor: val/loss, save_last: true, filename: "best-{epoch}"}
-    - class_path: mtlora.resume.ResumeCheckpoint
+    - class_path: mtlora.training.resume.ResumeCheckpoint
       init_args: {every_n_steps: 2}
     - class_path: kill_at_step.KillAtStep
       init_args: {step: 3}
@@ -192,7 +192,7 @@ def test_resume_keeps_best_model_tracking_and_warns_about_changed_options(tmp_pa
 
 
 def test_evaluation_goes_into_the_run_it_evaluates_and_report_sees_one_run(tmp_path):
-    from mtlora.report.runs import find_csv_runs, read_csv_run
+    from mtlora.tools.report.runs import find_csv_runs, read_csv_run
 
     first = _fit(tmp_path / "runs")
     run = Path(first.trainer.log_dir)

@@ -9,7 +9,7 @@ import yaml
 from mtlora.cli import run_cli
 from mtlora.models.model import MultiTaskModel
 from mtlora.models.plans import AdapterConfig
-from mtlora.similarity import constrained_average_linkage, group_tasks, task_gradient_similarity
+from mtlora.tools.similarity import constrained_average_linkage, group_tasks, task_gradient_similarity
 
 from conftest import tiny_encoder
 
@@ -106,18 +106,18 @@ def test_similarity_uses_the_weights_fit_starts_from(tmp_path, monkeypatch):
     import safetensors.torch
     from test_checkpoints_swin import tiny_timm
 
-    import mtlora.similarity
+    import mtlora.tools.similarity
 
     weights = tmp_path / "swin_tiny_timm.safetensors"
     safetensors.torch.save_file(tiny_timm(seed=7, num_classes=0).state_dict(), weights)
     seen = {}
-    compute = mtlora.similarity.task_gradient_similarity
+    compute = mtlora.tools.similarity.task_gradient_similarity
 
     def recording(model, *args, **kwargs):
         seen.update({k: v.detach().clone() for k, v in model.backbone.state_dict().items()})
         return compute(model, *args, **kwargs)
 
-    monkeypatch.setattr(mtlora.similarity, "task_gradient_similarity", recording)
+    monkeypatch.setattr(mtlora.tools.similarity, "task_gradient_similarity", recording)
     args = ["similarity", "--config", str(CONFIGS / "tiny_synthetic.yaml"), "--batches", "1"]
     args += ["--out_dir", str(tmp_path / "sim"), "--trainer.logger", "false"]
     run_cli([*args, "--model.encoder.pretrained", str(weights)])

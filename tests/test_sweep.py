@@ -10,7 +10,7 @@ import pytest
 from lightning.pytorch.loggers import CSVLogger
 
 from mtlora.cli import run_cli
-from mtlora.report.experiments import experiment_report
+from mtlora.tools.report.experiments import experiment_report
 
 REPO = Path(__file__).parents[1]
 TINY = str(REPO / "tests" / "configs" / "sweep_tiny.yaml")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from timm.models.swin_transformer import SwinTransformer
 
-from mtlora.models.checkpoints import convert_timm_swin, load_pretrained_backbone
+from mtlora.io.checkpoints import convert_timm_swin, load_pretrained_backbone
 from mtlora.models.plans import AdapterConfig, apply_plan
 from mtlora.models.swin import SwinConfig, SwinEncoder
 

@@ -15,7 +15,7 @@ import torch
 from mtlora.bench import ValueReadCounter, synthetic_batch
 from mtlora.models.model import MultiTaskModel
 from mtlora.models.plans import AdapterConfig
-from mtlora.module import MultiTaskModule
+from mtlora.training.module import MultiTaskModule
 
 from conftest import PASCAL_CHANNELS, randomize_lora, tiny_encoder
 

@@ -9,7 +9,7 @@ import torch
 
 from mtlora.cli import run_cli
 from mtlora.data import SyntheticDataModule
-from mtlora.wandb_callback import dataset_name, example_images
+from mtlora.training.wandb_callback import dataset_name, example_images
 
 REPO = Path(__file__).parents[1]
 TINY = Path(__file__).parent / "configs" / "tiny_synthetic.yaml"

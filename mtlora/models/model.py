@@ -119,7 +119,7 @@ class MultiTaskModel(nn.Module):
 
     def load_pretrained(self, source: str | None = None):
         """Load ImageNet Swin weights into the encoder (before or after adapter injection)."""
-        from mtlora.models.checkpoints import load_pretrained_backbone
+        from mtlora.io.checkpoints import load_pretrained_backbone
 
         source = source or self.encoder_config.pretrained
         if not source:

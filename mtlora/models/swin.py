@@ -3,7 +3,7 @@
 Parameter names follow the Microsoft release (``layers.i.blocks.j.attn.qkv``,
 ``layers.i.downsample.reduction``: patch merging at the *end* of stage i), so Microsoft
 checkpoints load without renaming and timm checkpoints need one pure conversion
-(:mod:`mtlora.models.checkpoints`).  Differences from the classification model: no final norm,
+(:mod:`mtlora.io.checkpoints`).  Differences from the classification model: no final norm,
 no head, stage features are taken *after* patch merging (as the official MTLoRA code does:
 strides 8, 16, 32, 32).
 

@@ -29,8 +29,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from mtlora.models.checkpoints import CheckpointError
-from mtlora.models.checkpoints.loading import describe_nonfinite, nonfinite_tensor_names
+from mtlora.io.checkpoints import CheckpointError
+from mtlora.io.loading import describe_nonfinite, nonfinite_tensor_names
 
 log = logging.getLogger(__name__)
 

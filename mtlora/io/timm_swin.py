@@ -14,13 +14,13 @@ from collections.abc import Mapping
 
 from torch import Tensor
 
-from mtlora.models.checkpoints.loading import Converted
-from mtlora.models.checkpoints.microsoft_swin import (
+from mtlora.io.loading import Converted
+from mtlora.io.microsoft_swin import (
     is_classifier,
     is_recomputed_buffer,
     merging_at_stage_start,
 )
-from mtlora.models.checkpoints.serialization import CheckpointError, strip_prefix
+from mtlora.io.serialization import CheckpointError, strip_prefix
 
 MICROSOFT_URL = (
     "https://github.com/SwinTransformer/storage/releases/download/v1.0.0/swin_tiny_patch4_window7_224.pth"

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 
 from torch import Tensor
 
-from mtlora.models.checkpoints.loading import Converted
-from mtlora.models.checkpoints.serialization import CheckpointError, strip_prefix
+from mtlora.io.loading import Converted
+from mtlora.io.serialization import CheckpointError, strip_prefix
 
 RECOMPUTED_BUFFERS = ("attn_mask", "relative_position_index", "relative_coords_table")
 _DOWNSAMPLE = re.compile(r"^layers\.(\d+)\.downsample\.")

@@ -32,7 +32,7 @@ class MTLoRATrainer(Trainer):
             macs: also count multiply-accumulates of one image (a forward pass on CPU).
             json_out: also write the numbers to this JSON file.
         """
-        from mtlora.summary import summary_table
+        from mtlora.tools.summary import summary_table
 
         img_size = model.model.encoder_config.img_size
         text, result = summary_table(model.model, img_size, with_macs=macs)
@@ -65,7 +65,7 @@ class MTLoRATrainer(Trainer):
         import yaml
 
         from mtlora.io.atomic import write_json_atomic, write_text_atomic
-        from mtlora.similarity import group_tasks, plot_heatmaps, task_gradient_similarity
+        from mtlora.tools.similarity import group_tasks, plot_heatmaps, task_gradient_similarity
 
         # the network fit would start from (encoder.pretrained, init_weights), not a random one
         model.load_initial_weights()
@@ -214,8 +214,8 @@ class MTLoRATrainer(Trainer):
             program: also write a ``torch.export`` program (``model.pt2``) that runs with PyTorch
                 alone (``torch.export.load(path).module()(images)``).
         """
-        from mtlora.export import export_model
-        from mtlora.module import MultiTaskModule
+        from mtlora.io.export import export_model
+        from mtlora.training.module import MultiTaskModule
 
         loaded = MultiTaskModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
         if list(loaded.tasks) != list(model.tasks):
@@ -244,15 +244,15 @@ class MTLoRATrainer(Trainer):
 
         The file holds the trainable parameters and the heads' BatchNorm statistics, the
         architecture, the ``encoder.pretrained`` source and a SHA-256 of the frozen base weights
-        (see :mod:`mtlora.adapters_io`).  Use it with ``--model.init_weights <out>`` on the same
+        (see :mod:`mtlora.io.adapters`).  Use it with ``--model.init_weights <out>`` on the same
         pretrained weights; another base is refused.
 
         Args:
             ckpt_path: Lightning checkpoint (``.ckpt``) of a trained model (loaded weights-only).
             out: adapter file to write (``.safetensors``).
         """
-        from mtlora.adapters_io import save_adapters
-        from mtlora.module import MultiTaskModule
+        from mtlora.io.adapters import save_adapters
+        from mtlora.training.module import MultiTaskModule
 
         loaded = MultiTaskModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
         metadata = save_adapters(loaded.model, out)

@@ -3,7 +3,7 @@
 The file is a dict with ``model`` (the MultiTaskSwin state dict, docs/official_implementation.md, "Checkpoint layout"), ``optimizer``,
 ``lr_scheduler``, ``scaler``, ``epoch``, ``max_accuracy`` and ``config`` (a pickled yacs
 ``CfgNode``).  It is read with the restricted unpickler of
-:mod:`~mtlora.models.checkpoints.serialization`, so neither yacs nor unsafe unpickling is needed.
+:mod:`~mtlora.io.serialization`, so neither yacs nor unsafe unpickling is needed.
 
 Key differences to our :class:`~mtlora.models.model.MultiTaskModel`:
 
@@ -30,9 +30,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mtlora.models.checkpoints.loading import Converted, LoadReport, apply_state_dict
-from mtlora.models.checkpoints.microsoft_swin import is_recomputed_buffer
-from mtlora.models.checkpoints.serialization import (
+from mtlora.io.loading import Converted, LoadReport, apply_state_dict
+from mtlora.io.microsoft_swin import is_recomputed_buffer
+from mtlora.io.serialization import (
     CheckpointError,
     is_state_dict,
     safe_torch_load,

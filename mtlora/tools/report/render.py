@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mtlora.io.atomic import write_atomic
-from mtlora.report.runs import RunRow
+from mtlora.tools.report.runs import RunRow
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:

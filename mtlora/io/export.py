@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from mtlora.io.atomic import write_atomic, write_text_atomic
-from mtlora.models.checkpoints.loading import refuse_nonfinite
+from mtlora.io.loading import refuse_nonfinite
 from mtlora.models.merging import MergeReport, merge_model
 from mtlora.models.model import DecoderConfig, EncoderConfig, MultiTaskModel
 from mtlora.models.plans import AdapterConfig

@@ -15,13 +15,13 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from mtlora.callbacks import ResultsWriter, run_dir
-from mtlora.checkpointing import checkpoint_hparams_for_cli, prepare_trainer
 from mtlora.cli import EXTRA_SUBCOMMANDS, OFFLINE_SUBCOMMANDS
 from mtlora.data import MultiTaskDataModule
-from mtlora.module import MultiTaskModule
-from mtlora.resume import prepare_resume
-from mtlora.trainer import MTLoRATrainer
+from mtlora.training.callbacks import ResultsWriter, run_dir
+from mtlora.training.checkpointing import checkpoint_hparams_for_cli, prepare_trainer
+from mtlora.training.commands import MTLoRATrainer
+from mtlora.training.module import MultiTaskModule
+from mtlora.training.resume import prepare_resume
 
 LIMIT_OPTIONS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches")
 
@@ -45,7 +45,7 @@ class MTLoRACLI(LightningCLI):
         if subcommand in ("validate", "test"):  # ResultsWriter prints the metrics table: once is enough
             parser.set_defaults(verbose=False)
         if subcommand == "predict":  # --output.out_dir / .panels / .maps / .max_images
-            from mtlora.predict_writer import PredictionPanelWriter
+            from mtlora.training.predict_writer import PredictionPanelWriter
 
             parser.add_class_arguments(PredictionPanelWriter, "output")
         return parser
@@ -105,7 +105,9 @@ class MTLoRACLI(LightningCLI):
         )
         if self.subcommand in ("fit", "validate", "test"):
             trainer.callbacks.append(ResultsWriter())
-            from mtlora.wandb_callback import prepare_wandb  # no-op unless a WandbLogger is configured
+            from mtlora.training.wandb_callback import (
+                prepare_wandb,  # no-op unless a WandbLogger is configured
+            )
 
             prepare_wandb(trainer, self.model, self.datamodule, self.subcommand)
         if self.subcommand == "predict" and not any(

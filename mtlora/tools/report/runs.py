@@ -130,7 +130,7 @@ def _params_from_hparams(hparams: Mapping[str, Any]) -> int:
     """Rebuild the model described by ``hparams.yaml`` (random init) and count its trainable parameters."""
     from mtlora.models.model import DecoderConfig, EncoderConfig, MultiTaskModel, parameter_counts
     from mtlora.models.plans import AdapterConfig
-    from mtlora.module import as_config
+    from mtlora.training.module import as_config
 
     model = MultiTaskModel(
         dict(hparams["task_channels"]),
@@ -146,7 +146,7 @@ def read_csv_run(folder: Path, root: Path | None, baseline: str | Mapping[str, f
     """One CSV log folder -> :class:`RunRow`."""
     import yaml
 
-    from mtlora.baselines import method_label
+    from mtlora.published import method_label
 
     records = read_metrics_csv(folder / "metrics.csv")
     if not records:
@@ -196,7 +196,7 @@ def read_wandb_runs(
             f"--wandb_project {project}: could not read the runs ({type(err).__name__}: {err}); "
             "it needs network access and `wandb login` (or WANDB_API_KEY)"
         ) from None
-    from mtlora.baselines import method_label
+    from mtlora.published import method_label
 
     rows = []
     for run in runs:

@@ -11,27 +11,27 @@ Conversions are pure functions (state dict in, state dict out, tensors shared); 
 names with and without the adapters' ``.linear.`` level, check shapes and report what loaded.
 """
 
-from mtlora.models.checkpoints.backbone import (
+from mtlora.io.backbone import (
     convert_swin_checkpoint,
     detect_swin_format,
     load_pretrained_backbone,
 )
-from mtlora.models.checkpoints.loading import LoadReport, resize_relative_position_bias_table
-from mtlora.models.checkpoints.microsoft_swin import convert_microsoft_swin
-from mtlora.models.checkpoints.official_mtlora import (
+from mtlora.io.loading import LoadReport, resize_relative_position_bias_table
+from mtlora.io.microsoft_swin import convert_microsoft_swin
+from mtlora.io.official_mtlora import (
     compare_official_config,
     convert_official_mtlora,
     load_official_mtlora_checkpoint,
     official_config_summary,
 )
-from mtlora.models.checkpoints.serialization import (
+from mtlora.io.serialization import (
     CheckpointError,
     ConfigNode,
     UnsafeCheckpointError,
     extract_state_dict,
     safe_torch_load,
 )
-from mtlora.models.checkpoints.timm_swin import convert_timm_swin, timm_pretrained_state_dict
+from mtlora.io.timm_swin import convert_timm_swin, timm_pretrained_state_dict
 
 __all__ = [
     "CheckpointError",

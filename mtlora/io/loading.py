@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtlora.models.checkpoints.serialization import CheckpointError
+from mtlora.io.serialization import CheckpointError
 
 log = logging.getLogger(__name__)
 

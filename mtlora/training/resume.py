@@ -31,8 +31,8 @@ from lightning.pytorch.loggers.csv_logs import CSVLogger, ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from mtlora.checkpointing import _flat, load_lightning_checkpoint
-from mtlora.models.checkpoints.serialization import CheckpointError, _check_zip, _sniff
+from mtlora.io.serialization import CheckpointError, _check_zip, _sniff
+from mtlora.training.checkpointing import _flat, load_lightning_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ def warn_config_drift(
     ckpt: str, now: Mapping[str, Any], checkpoint: Mapping[str, Any], model_hparams: Mapping
 ) -> None:
     """Warn, listing them, about options that differ from those the checkpoint was trained with."""
-    from mtlora.checkpointing import config_differences
+    from mtlora.training.checkpointing import config_differences
 
     if CONFIG_KEY in checkpoint:
         changes = config_drift(now, checkpoint[CONFIG_KEY])

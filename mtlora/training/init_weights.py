@@ -2,7 +2,7 @@
 
 ``model.init_weights`` (``mtlora fit|validate|test ... --model.init_weights SPEC``) takes a path,
 optionally prefixed with its kind: ``official:`` (official MTLoRA ``ckpt_epoch_*.pth``),
-``adapters:`` (an adapter-only safetensors file, see :mod:`mtlora.adapters_io`) or
+``adapters:`` (an adapter-only safetensors file, see :mod:`mtlora.io.adapters`) or
 ``lightning:`` (the model weights of a Lightning ``.ckpt``; optimizer and loop state are not
 restored — that is what ``--ckpt_path`` does).  Without a prefix the suffix decides:
 ``.safetensors`` -> adapters, ``.ckpt`` -> Lightning, anything else -> official.
@@ -19,10 +19,10 @@ from typing import Literal
 
 from torch import nn
 
-from mtlora.adapters_io import OUTPUT_NEUTRAL_OPTIONS, load_adapters
-from mtlora.checkpointing import config_differences, load_lightning_checkpoint
-from mtlora.models.checkpoints import LoadReport, load_official_mtlora_checkpoint
-from mtlora.models.checkpoints.loading import Converted, apply_state_dict
+from mtlora.io.adapters import OUTPUT_NEUTRAL_OPTIONS, load_adapters
+from mtlora.io.checkpoints import LoadReport, load_official_mtlora_checkpoint
+from mtlora.io.loading import Converted, apply_state_dict
+from mtlora.training.checkpointing import config_differences, load_lightning_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def needs_pretrained_base(spec: str) -> bool:
 
 
 def load_lightning_weights(model: nn.Module, path: str) -> LoadReport:
-    """The ``model.*`` weights of a Lightning checkpoint of :class:`~mtlora.module.MultiTaskModule`."""
+    """The ``model.*`` weights of a Lightning checkpoint of :class:`~mtlora.training.module.MultiTaskModule`."""
     checkpoint = load_lightning_checkpoint(path, map_location="cpu", weights_only=True)
     report = LoadReport(source=path, source_format="lightning")
     state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}

@@ -33,7 +33,7 @@ from pathlib import Path
 from mtlora.experiments import EXPERIMENTS, Run, experiment
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DONE = "sweep_done.json"
 
 
@@ -100,7 +100,7 @@ def pretrain_standin(out: Path, overrides: Sequence[str], epochs: int) -> Path:
     extra = ["--data.init_args.tasks", "[depth, edge]", "--data.init_args.seed", "1"]
     extra += ["--trainer.max_epochs", str(epochs), "--model.delta_m_baseline", "null"]
     cli = run_cli(fit_args(run, out, overrides, None, extra))
-    from mtlora.checkpointing import atomic_torch_save
+    from mtlora.training.checkpointing import atomic_torch_save
 
     atomic_torch_save(
         {"model": cli.model.model.backbone.state_dict()}, path
@@ -111,7 +111,7 @@ def pretrain_standin(out: Path, overrides: Sequence[str], epochs: int) -> Path:
 def measured_reference(out: Path, runs: Sequence[Run]) -> dict[str, float]:
     """Headline metric of every single-task run at its selected epoch: the Δm reference."""
     from mtlora.metrics import headline_key
-    from mtlora.report.experiments import read_sweep_run
+    from mtlora.tools.report.experiments import read_sweep_run
 
     reference = {}
     for run in runs:

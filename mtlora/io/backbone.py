@@ -14,15 +14,15 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from mtlora.models.checkpoints.loading import Converted, LoadReport, apply_state_dict
-from mtlora.models.checkpoints.microsoft_swin import _convert_microsoft, merging_at_stage_start
-from mtlora.models.checkpoints.serialization import (
+from mtlora.io.loading import Converted, LoadReport, apply_state_dict
+from mtlora.io.microsoft_swin import _convert_microsoft, merging_at_stage_start
+from mtlora.io.serialization import (
     CheckpointError,
     extract_state_dict,
     safe_torch_load,
     strip_prefix,
 )
-from mtlora.models.checkpoints.timm_swin import _convert_timm, timm_pretrained_state_dict
+from mtlora.io.timm_swin import _convert_timm, timm_pretrained_state_dict
 from mtlora.models.methods.marker import adapter_parameter_names
 
 log = logging.getLogger(__name__)

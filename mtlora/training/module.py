@@ -17,19 +17,19 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
-from mtlora.checkpointing import (
+from mtlora.io.checkpoints import CheckpointError
+from mtlora.losses import MultiTaskLoss
+from mtlora.models.model import DecoderConfig, EncoderConfig, MultiTaskModel, parameter_counts
+from mtlora.models.plans import AdapterConfig
+from mtlora.options import check_number
+from mtlora.training.checkpointing import (
     capture_rng_state,
     check_checkpoint_fits,
     load_lightning_checkpoint,
     restore_rng_state,
     warn_epoch_end_resume_with_max_steps,
 )
-from mtlora.losses import MultiTaskLoss
-from mtlora.models.checkpoints import CheckpointError
-from mtlora.models.model import DecoderConfig, EncoderConfig, MultiTaskModel, parameter_counts
-from mtlora.models.plans import AdapterConfig
-from mtlora.nonfinite import NonFiniteGuard, check_loaded_state, persistent_buffers
-from mtlora.options import check_number
+from mtlora.training.nonfinite import NonFiniteGuard, check_loaded_state, persistent_buffers
 from mtlora.weighting import build_weighting
 
 log = logging.getLogger(__name__)
@@ -99,10 +99,10 @@ class MultiTaskModule(LightningModule):
         init_weights: initial weights loaded when a loop starts, unless ``--ckpt_path`` is given:
             an official MTLoRA checkpoint, an adapter-only ``.safetensors`` file (loaded on top of
             ``encoder.pretrained``) or a Lightning ``.ckpt`` (model weights only); prefix
-            ``official:``/``adapters:``/``lightning:`` to force the kind (:mod:`mtlora.init_weights`).
+            ``official:``/``adapters:``/``lightning:`` to force the kind (:mod:`mtlora.training.init_weights`).
         max_nonfinite_steps: optimizer steps with a non-finite loss or gradient are skipped (with a
             warning naming the tasks); more than this many in total stop the run
-            (:mod:`mtlora.nonfinite`).
+            (:mod:`mtlora.training.nonfinite`).
     """
 
     def __init__(
@@ -204,7 +204,7 @@ class MultiTaskModule(LightningModule):
         files may be offline or moved by then) and by ``mtlora similarity``.  It cannot run in
         ``setup()``: Lightning sets ``trainer.ckpt_path`` only after that hook.
         """
-        from mtlora.init_weights import load_run_weights
+        from mtlora.training.init_weights import load_run_weights
 
         pretrained = self.model.encoder_config.pretrained if self._pretrained_pending else None
         init, self._init_weights_pending = self._init_weights_pending, None
@@ -316,7 +316,7 @@ class MultiTaskModule(LightningModule):
     # ------------------------------------------------------------------ reliability
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # BatchNorm statistics and loss-weighting sums change in the forward: keep a copy to put
-        # back if the step turns out non-finite (mtlora.nonfinite)
+        # back if the step turns out non-finite (mtlora.training.nonfinite)
         if self._guarded_buffers is None:
             self._guarded_buffers = persistent_buffers(self.model, self.weighting)
         self.nonfinite.snapshot_buffers(self._guarded_buffers)
@@ -424,7 +424,7 @@ class MultiTaskModule(LightningModule):
         no_decay += [p for p in self.weighting.parameters() if p.requires_grad]  # uncertainty log-variances
         scale = self.lr_scale()
         peak = self.hparams.lr * scale
-        # fused: one kernel per step, and it skips non-finite steps on the device (mtlora.nonfinite)
+        # fused: one kernel per step, and it skips non-finite steps on the device (mtlora.training.nonfinite)
         fused = all(p.device.type in _get_fused_kernels_supported_devices() for p in decay + no_decay)
         optimizer = torch.optim.AdamW(
             [

@@ -1,7 +1,7 @@
 """``mtlora report``: a Table-1-style comparison of finished runs, and Δm against trainable parameters.
 
 Sources: Lightning CSV log folders (``<dir>/<name>/version_k/metrics.csv`` + ``hparams.yaml`` + the
-``val_results.json`` of :class:`~mtlora.callbacks.ResultsWriter`) found under ``--runs``, and the
+``val_results.json`` of :class:`~mtlora.training.callbacks.ResultsWriter`) found under ``--runs``, and the
 runs of a W&B project (``--wandb_project entity/project``, through ``wandb.Api``).
 
 Per run: the epoch monitored in training (best ``val/delta_m``, else lowest ``val/loss``), the
@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from mtlora.io.atomic import write_text_atomic
-from mtlora.report.render import csv_text, empty_plot_reason, markdown, pareto_front, plot
-from mtlora.report.runs import (
+from mtlora.tools.report.render import csv_text, empty_plot_reason, markdown, pareto_front, plot
+from mtlora.tools.report.runs import (
     ReportError,
     RunRow,
     combine_single_task,
@@ -144,7 +144,7 @@ def report_main(argv: Sequence[str]) -> dict[str, Any]:
 
 
 def _experiment_main(args) -> dict[str, Any]:
-    from mtlora.report.experiments import experiment_report
+    from mtlora.tools.report.experiments import experiment_report
 
     out = "reports" if args.out == "reports/table" else args.out
     try:

@@ -34,7 +34,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor
 
 from mtlora.io.atomic import write_atomic
-from mtlora.models.checkpoints.serialization import (
+from mtlora.io.serialization import (
     CheckpointError,
     _check_zip,
     _existing_file,
@@ -249,7 +249,7 @@ def check_checkpoint_fits(
 
 # ---------------------------------------------------------------------------------------------- resume
 def prepare_trainer(trainer: Any, subcommand: str, run_config: Any) -> None:
-    """CLI set-up: :class:`AtomicCheckpointIO` (``--ckpt_path`` is handled by :mod:`mtlora.resume`)."""
+    """CLI set-up: :class:`AtomicCheckpointIO` (``--ckpt_path`` is handled by :mod:`mtlora.training.resume`)."""
     strategy = trainer.strategy
     if type(strategy.checkpoint_io) is TorchCheckpointIO:  # keep user-configured CheckpointIO plugins
         strategy.checkpoint_io = AtomicCheckpointIO()

@@ -55,8 +55,8 @@ def dataset_name(datamodule: LightningDataModule | None) -> str:
 
 def run_info(module: LightningModule, datamodule: LightningDataModule | None) -> dict[str, Any]:
     """The facts every run records: method, ranks, tasks, parameter counts, data set."""
-    from mtlora.callbacks import model_facts
     from mtlora.models.methods import is_lora
+    from mtlora.training.callbacks import model_facts
 
     adapter = module.model.adapter_config
     info = model_facts(module)

@@ -57,7 +57,7 @@ def summary_table(model: MultiTaskModel, img_size: int, with_macs: bool = True) 
     ]
     enc = model.encoder_config
     if enc.arch == "swin_tiny" and enc.embed_dim is None and enc.depths is None and enc.num_heads is None:
-        from mtlora.baselines import paper_comparison  # Table 1 is Swin-T: tiny test encoders skip it
+        from mtlora.published import paper_comparison  # Table 1 is Swin-T: tiny test encoders skip it
 
         comparison = paper_comparison(model.adapter_config, model.tasks, counts)
         result["paper"] = asdict(comparison)

@@ -16,7 +16,7 @@ weights.  So an adapter file (safetensors) holds
 :func:`load_adapters` checks the base hash (error unless ``allow_base_mismatch=True``, then a
 warning), the architecture options that change outputs without changing tensor shapes (scales,
 plans, shared mode), shapes, and missing/unexpected keys, and returns a
-:class:`~mtlora.models.checkpoints.LoadReport`.  Files are written atomically.
+:class:`~mtlora.io.checkpoints.LoadReport`.  Files are written atomically.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mtlora.checkpointing import config_differences
 from mtlora.io.atomic import write_atomic
-from mtlora.models.checkpoints import CheckpointError, LoadReport
-from mtlora.models.checkpoints.loading import Converted, apply_state_dict, refuse_nonfinite
-from mtlora.models.checkpoints.serialization import _existing_file, _sniff, not_a
+from mtlora.io.checkpoints import CheckpointError, LoadReport
+from mtlora.io.loading import Converted, apply_state_dict, refuse_nonfinite
+from mtlora.io.serialization import _existing_file, _sniff, not_a
+from mtlora.training.checkpointing import config_differences
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def read_adapters(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str,
         raise CheckpointError(
             f"{p} is not an mtlora adapter file (metadata format {metadata.get('format')!r}, "
             f"expected {FORMAT!r}); "
-            "adapter files are written by `mtlora export_adapters` / mtlora.adapters_io.save_adapters"
+            "adapter files are written by `mtlora export_adapters` / mtlora.io.adapters.save_adapters"
         )
     return tensors, metadata
 

@@ -27,9 +27,9 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 from torch import Tensor
 
-from mtlora.callbacks import run_dir
 from mtlora.io.atomic import write_atomic
 from mtlora.tasks import task_info
+from mtlora.training.callbacks import run_dir
 from mtlora.visualize import decode_prediction, palette, save_panel
 
 log = logging.getLogger(__name__)

@@ -48,8 +48,8 @@ def model_facts(pl_module: LightningModule) -> dict:
     model = getattr(pl_module, "model", None)
     if model is None or not hasattr(model, "adapter_config"):
         return {}
-    from mtlora.baselines import method_label
     from mtlora.models.model import parameter_counts
+    from mtlora.published import method_label
 
     counts = parameter_counts(model)
     return {

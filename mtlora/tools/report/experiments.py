@@ -24,8 +24,8 @@ from typing import Any
 
 from mtlora.experiments import PASCAL_TASKS, experiment
 from mtlora.io.atomic import write_atomic
-from mtlora.report.render import _fmt, csv_text, markdown, pareto_front, plot
-from mtlora.report.runs import (
+from mtlora.tools.report.render import _fmt, csv_text, markdown, pareto_front, plot
+from mtlora.tools.report.runs import (
     ReportError,
     RunRow,
     combine_single_task,
