@@ -37,3 +37,19 @@ def test_old_callback_class_path_in_a_config_still_resolves():
     parser.add_argument("--callback", type=Callback)
     config = parser.parse_args(["--callback", '{"class_path": "mtlora.resume.ResumeCheckpoint"}'])
     assert isinstance(parser.instantiate_classes(config).callback, ResumeCheckpoint)
+
+
+def test_public_api_resolves_lazily_without_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mtlora\n"
+        "before = 'torch' in sys.modules\n"
+        "names = {n: getattr(mtlora, n).__module__ for n in mtlora.__all__}\n"
+        "print(before, sorted(set(names.values())))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    before, modules = out.split(" ", 1)
+    assert before == "False"  # `import mtlora` alone stays cheap
+    assert "mtlora.training.module" in modules and "mtlora.io.adapters" in modules
