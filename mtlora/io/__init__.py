@@ -19,7 +19,14 @@ from mtlora.io.atomic import DiskFullError, write_atomic, write_json_atomic, wri
 
 _LAZY = {
     **dict.fromkeys(
-        ("CheckpointError", "UnsafeCheckpointError", "checked_file", "file_kind", "safe_torch_load"),
+        (
+            "CheckpointError",
+            "UnsafeCheckpointError",
+            "atomic_torch_save",
+            "checked_file",
+            "file_kind",
+            "safe_torch_load",
+        ),
         "mtlora.io.serialization",
     ),
     **dict.fromkeys(("config_differences", "flatten_config"), "mtlora.io.config"),

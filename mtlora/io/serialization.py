@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mtlora.io.atomic import write_atomic
+
 log = logging.getLogger(__name__)
 
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -337,6 +339,20 @@ def unreadable(path: Path, error: Exception) -> CheckpointError:
         f"{path} ({path.stat().st_size} bytes) could not be read as a torch checkpoint: it is truncated or "
         f"corrupt, or not a torch checkpoint ({type(error).__name__}: {first_line})"
     )
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` through a temporary file in the same folder + fsync + rename.
+
+    Readers see either the previous file or the complete new one, also after a SIGKILL or a
+    crash of the machine; a failed write removes its temporary file (see :mod:`mtlora.io.atomic`).
+    """
+
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    write_atomic(path, save)
 
 
 def is_state_dict(obj: Any) -> bool:

@@ -33,9 +33,8 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor
 
-from mtlora.io.atomic import write_atomic
 from mtlora.io.config import config_differences
-from mtlora.io.serialization import CheckpointError, checked_file, unreadable
+from mtlora.io.serialization import CheckpointError, atomic_torch_save, checked_file, unreadable
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +43,6 @@ _ARCHITECTURE_KEYS = ("task_channels", "encoder", "adapter", "decoder")
 
 
 # ---------------------------------------------------------------------------------------------- writing
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` through a temporary file in the same folder + fsync + rename.
-
-    Readers see either the previous file or the complete new one, also after a SIGKILL or a
-    crash of the machine; a failed write removes its temporary file (see :mod:`mtlora.io.atomic`).
-    """
-
-    def save(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-
-    write_atomic(path, save)
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning CheckpointIO: atomic local writes, weights-only loading, named load errors.
 
