@@ -76,10 +76,9 @@ _NOTES: dict[str, tuple[str | None, str]] = {
 
 
 def _adapter(adapter: AdapterConfig | Mapping[str, Any]) -> AdapterConfig:
-    if isinstance(adapter, AdapterConfig):
-        return adapter
-    known = AdapterConfig.__dataclass_fields__
-    return AdapterConfig(**{k: v for k, v in dict(adapter).items() if k in known})
+    from mtlora.models.model import as_config
+
+    return as_config(AdapterConfig, adapter)
 
 
 def _rank(value: Any) -> str:

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from mtlora.io.adapters import load_adapters
 from mtlora.cli import run_cli
+from mtlora.io.adapters import load_adapters
 from mtlora.models.methods import (
     AdapterMethod,
     AdapterModule,

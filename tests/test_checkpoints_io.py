@@ -160,3 +160,31 @@ def test_extract_state_dict_errors():
         extract_state_dict([1, 2], "src.pth")
     nested = {"state_dict": weights(), "epoch": 1}
     assert extract_state_dict(nested, "x").keys() == weights().keys()
+
+
+def test_checked_file_sniffs_content_not_name(tmp_path):
+    from mtlora.io import checked_file
+
+    torch_file = tmp_path / "weights.safetensors"  # a torch file under a safetensors name
+    torch.save(weights(), torch_file)
+    assert checked_file(torch_file, ("zip",), "a torch checkpoint") == (torch_file, "zip")
+    with pytest.raises(CheckpointError, match="is not an adapter file: it holds a torch checkpoint"):
+        checked_file(torch_file, ("safetensors",), "an adapter file")
+    truncated = tmp_path / "cut.ckpt"
+    truncated.write_bytes(torch_file.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        checked_file(truncated, ("zip",), "a torch checkpoint")
+
+
+def test_weight_file_package_imports_no_lightning():
+    import subprocess
+    import sys
+
+    modules = "atomic serialization config adapters export checkpoints backbone loading official_mtlora"
+    code = (
+        "import importlib, sys\n"
+        f"for m in {modules.split()!r}: importlib.import_module('mtlora.io.' + m)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning', 'pytorch_lightning'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

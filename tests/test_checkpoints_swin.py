@@ -116,7 +116,7 @@ def test_microsoft_release_file(tmp_path, zipfile_format, caplog):
     torch.save(microsoft_release(src), path, _use_new_zipfile_serialization=zipfile_format)
 
     dst = encoder(seed=1)
-    with caplog.at_level(logging.INFO, logger="mtlora.io.checkpoints"):
+    with caplog.at_level(logging.INFO, logger="mtlora.io"):
         report = load_pretrained_backbone(dst, path)
     assert_same_weights(src, dst)
     with torch.no_grad():

@@ -101,7 +101,7 @@ def _save_json(path: Path, model) -> None:
 
 
 def _save_checkpoint(path: Path, model) -> None:
-    from mtlora.training.checkpointing import atomic_torch_save
+    from mtlora.io.serialization import atomic_torch_save
 
     atomic_torch_save({"state_dict": {}}, path)
 

@@ -216,3 +216,17 @@ def test_image_size_hint_suggests_sizes_that_build(img_size, window_size):
         model = MultiTaskModel({"sal": 1}, tiny_encoder(img_size=size, window_size=window_size)).eval()
         with torch.no_grad():
             assert model(torch.randn(1, 3, size, size))["sal"].shape == (1, 1, size, size)
+
+
+def test_from_config_inverts_config_dict_and_names_unknown_options():
+    model = MultiTaskModel(
+        {"semseg": 5, "depth": 1}, tiny_encoder(), AdapterConfig(shared_rank=2, task_rank=1)
+    )
+    rebuilt = MultiTaskModel.from_config(model.config_dict())
+    assert rebuilt.config_dict() == model.config_dict()
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }
+    bad = {**model.config_dict(), "adapter": {**model.config_dict()["adapter"], "shared_rnak": 4}}
+    with pytest.raises(ValueError, match=r"run.json: AdapterConfig: unknown options \['shared_rnak'\]"):
+        MultiTaskModel.from_config(bad, where="run.json: ")

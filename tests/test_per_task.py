@@ -92,7 +92,7 @@ SWIN_T_PER_TASK = {  # label: (ours, one set per task; the paper's Table-1 count
     "Compacter": (1_946_624 + 4 * (2_003_040 - 1_946_624), 2.78),  # 2,172,288
     "Compacter++": (1_946_624 + 4 * (1_986_480 - 1_946_624), 2.66),  # 2,106,048
 }
-# every row stays 0.55-0.61M below the paper's: the offset all its non-MTLoRA rows show (see baselines.py)
+# every row stays 0.55-0.61M below the paper's: the offset all its non-MTLoRA rows show (see published.py)
 
 
 @pytest.mark.parametrize("label", list(SWIN_T_PER_TASK))

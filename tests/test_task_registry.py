@@ -15,9 +15,9 @@ from mtlora.data.transforms import MultiTaskTransform
 from mtlora.losses import MultiTaskLoss, balanced_bce_loss
 from mtlora.metrics import headline_key, headline_metric
 from mtlora.metrics.delta_m import delta_m_terms
+from mtlora.tasks import TaskSpec, register_task, task_info, unregister_task
 from mtlora.tools.report.render import markdown
 from mtlora.tools.report.runs import RunRow
-from mtlora.tasks import TaskSpec, register_task, task_info, unregister_task
 from mtlora.weighting import UncertaintyWeighting
 
 CONFIG = Path(__file__).parent / "configs" / "tiny_synthetic.yaml"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -77,6 +78,8 @@ class ImageFolderDataModule(MultiTaskDataModule):
             the checkpoint's).
         img_size: side of the square network input (default: the checkpoint's); images are
             scaled to fit it with their aspect ratio kept, then padded.
+        Other arguments (loader options): see :class:`~mtlora.data.datamodule.MultiTaskDataModule`;
+        augmentation is always off.
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class ImageFolderDataModule(MultiTaskDataModule):
         img_size: int | None = None,
         batch_size: int = 8,
         num_workers: int = 0,
+        **kwargs: Any,
     ) -> None:
         missing = [name for name, value in (("tasks", tasks), ("img_size", img_size)) if value is None]
         if tasks is not None and "semseg" in tasks and semseg_classes is None:
@@ -97,7 +101,12 @@ class ImageFolderDataModule(MultiTaskDataModule):
                 "run `mtlora predict --ckpt_path <checkpoint>`, which reads them from the checkpoint"
             )
         super().__init__(
-            tasks=tasks, batch_size=batch_size, num_workers=num_workers, img_size=img_size, augment=False
+            tasks=tasks,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            img_size=img_size,
+            augment=False,
+            **kwargs,
         )
         self.root = Path(root).expanduser()
         self._semseg_classes = int(semseg_classes) if semseg_classes is not None else 0

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -31,7 +31,6 @@ from mtlora.data.io import (
     read_rgb,
     require_same_size,
 )
-from mtlora.data.transforms import AugmentOn, BorderLabel, EvalResolution
 from mtlora.tasks import IGNORE_INDEX
 
 __all__ = ["NYUDDataModule", "NYUDReader", "NYUD_MT_GDRIVE_ID", "detect_nyud_layout"]
@@ -183,38 +182,16 @@ class NYUDDataModule(MultiTaskDataModule):
         root: str,
         tasks: list[str] | None = None,
         layout: NYUDLayout = "auto",
-        batch_size: int = 32,
-        num_workers: int = 4,
-        img_size: int = 448,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
-        seed: int = 0,
-        augment: bool = True,
-        flip: bool = True,
         rotation: float = 0.0,
         scale_choices: tuple[float, ...] = (1.0, 1.2, 1.5),
         scale_range: tuple[float, float] = (1.0, 1.0),
-        border_label: BorderLabel = "ignore",
-        eval_resolution: EvalResolution = "resized",
-        skip_broken: bool = False,
-        augment_on: AugmentOn = "device",
+        **kwargs: Any,
     ) -> None:
         super().__init__(
             tasks=list(tasks) if tasks is not None else ["semseg", "depth", "normals", "edge"],
-            batch_size=batch_size,
-            num_workers=num_workers,
-            img_size=img_size,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            seed=seed,
-            augment=augment,
-            flip=flip,
             rotation=rotation,
             scale_range=scale_range,
-            border_label=border_label,
-            eval_resolution=eval_resolution,
-            skip_broken=skip_broken,
-            augment_on=augment_on,
+            **kwargs,
         )
         self.transform_options["scale_choices"] = tuple(scale_choices) if scale_choices else None
         self.build_transform(train=True)  # fail on bad augmentation options now, not in a worker

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,6 @@ from mtlora.data.io import (
     read_rgb,
     require_same_size,
 )
-from mtlora.data.transforms import AugmentOn, BorderLabel, EvalResolution
 from mtlora.tasks import IGNORE_INDEX
 
 __all__ = [
@@ -272,41 +272,9 @@ class PascalContextDataModule(MultiTaskDataModule):
 
     available_tasks = ("semseg", "human_parts", "sal", "normals", "edge")
 
-    def __init__(
-        self,
-        root: str,
-        tasks: list[str] | None = None,
-        batch_size: int = 32,
-        num_workers: int = 4,
-        img_size: int = 448,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
-        seed: int = 0,
-        augment: bool = True,
-        flip: bool = True,
-        rotation: float = 20.0,
-        scale_range: tuple[float, float] = (0.75, 1.25),
-        border_label: BorderLabel = "ignore",
-        eval_resolution: EvalResolution = "resized",
-        skip_broken: bool = False,
-        augment_on: AugmentOn = "device",
-    ) -> None:
+    def __init__(self, root: str, tasks: list[str] | None = None, **kwargs: Any) -> None:
         super().__init__(
-            tasks=list(tasks) if tasks is not None else ["semseg", "human_parts", "sal", "normals"],
-            batch_size=batch_size,
-            num_workers=num_workers,
-            img_size=img_size,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            seed=seed,
-            augment=augment,
-            flip=flip,
-            rotation=rotation,
-            scale_range=scale_range,
-            border_label=border_label,
-            eval_resolution=eval_resolution,
-            skip_broken=skip_broken,
-            augment_on=augment_on,
+            tasks=list(tasks) if tasks is not None else ["semseg", "human_parts", "sal", "normals"], **kwargs
         )
         self.root = Path(root).expanduser()
         self.data_uri = str(root)  # a raw folder, or a prepared data set (local or URI)

@@ -300,7 +300,7 @@ def prepare_dataset(
     import litdata
 
     import mtlora
-    from mtlora.training.callbacks import write_json_atomic
+    from mtlora.io.atomic import write_json_atomic
 
     if label_format not in LABEL_FORMATS:
         raise ValueError(f"label_format must be one of {LABEL_FORMATS}, got {label_format!r}")

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from mtlora.data.datamodule import MultiTaskDataModule, Reader
-from mtlora.data.transforms import AugmentOn, BorderLabel, EvalResolution
+from mtlora.data.transforms import AugmentOn
 from mtlora.tasks import IGNORE_INDEX, TASKS
 
 __all__ = ["SyntheticDataModule", "SyntheticScenes"]
@@ -274,32 +274,18 @@ class SyntheticDataModule(MultiTaskDataModule):
         img_size: int = 64,
         batch_size: int = 16,
         num_workers: int = 0,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
-        seed: int = 0,
         augment: bool = False,
-        flip: bool = True,
-        rotation: float = 20.0,
-        scale_range: tuple[float, float] = (0.75, 1.25),
-        border_label: BorderLabel = "ignore",
-        eval_resolution: EvalResolution = "resized",
         augment_on: AugmentOn = "cpu",
+        **kwargs: Any,
     ) -> None:
         super().__init__(
             tasks=list(tasks) if tasks is not None else list(RENDERED_TASKS),
+            img_size=img_size,
             batch_size=batch_size,
             num_workers=num_workers,
-            img_size=img_size,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            seed=seed,
             augment=augment,
-            flip=flip,
-            rotation=rotation,
-            scale_range=scale_range,
-            border_label=border_label,
-            eval_resolution=eval_resolution,
             augment_on=augment_on,
+            **kwargs,
         )
         if not 2 <= num_classes <= 255:
             raise ValueError(

@@ -33,9 +33,9 @@ from torch import Tensor, nn
 
 from mtlora.io.atomic import write_atomic
 from mtlora.io.checkpoints import CheckpointError, LoadReport
+from mtlora.io.config import config_differences
 from mtlora.io.loading import Converted, apply_state_dict, refuse_nonfinite
-from mtlora.io.serialization import _existing_file, _sniff, not_a
-from mtlora.training.checkpointing import config_differences
+from mtlora.io.serialization import checked_file
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +123,7 @@ def read_adapters(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str,
     """Tensors and metadata of an adapter file; foreign, truncated or corrupt files fail naming the file."""
     from safetensors import SafetensorError, safe_open
 
-    p = _existing_file(path)
-    if _sniff(p) != "safetensors":
-        raise not_a(p, "an mtlora adapter file (safetensors)")
+    p, _ = checked_file(path, ("safetensors",), "an mtlora adapter file (safetensors)")
     try:
         with safe_open(str(p), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})

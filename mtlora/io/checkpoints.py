@@ -1,4 +1,4 @@
-"""Weight conversion and checkpoint loading, one module per source format.
+"""Pretrained and official checkpoints: conversion and loading, one module per source format.
 
 * :mod:`.microsoft_swin` — Microsoft Swin V1 release files (``swin_tiny_patch4_window7_224.pth``).
 * :mod:`.timm_swin` — timm ``swin_*`` state dicts (stage-start patch merging) and ``timm:<name>``.

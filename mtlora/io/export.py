@@ -30,8 +30,7 @@ from torch import Tensor
 from mtlora.io.atomic import write_atomic, write_text_atomic
 from mtlora.io.loading import refuse_nonfinite
 from mtlora.models.merging import MergeReport, merge_model
-from mtlora.models.model import DecoderConfig, EncoderConfig, MultiTaskModel
-from mtlora.models.plans import AdapterConfig
+from mtlora.models.model import MultiTaskModel
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +108,8 @@ def load_exported(out_dir: str | Path, device: str | torch.device = "cpu") -> Mu
     if config.get("format") != FORMAT:
         raise ValueError(f"{out / 'config.json'}: not an mtlora export (format {config.get('format')!r})")
     spec = config["model"]
-    encoder = EncoderConfig(**{**spec["encoder"], "pretrained": None})
-    model = MultiTaskModel(
-        dict(spec["task_channels"]),
-        encoder,
-        AdapterConfig(**spec["adapter"]),
-        DecoderConfig(**spec["decoder"]),
-        load_pretrained=False,
-    )
+    spec = {**spec, "encoder": {**spec["encoder"], "pretrained": None}}
+    model = MultiTaskModel.from_config(spec, where=f"{out / 'config.json'}: ")
     merge_model(model)  # same merged layout (flags, stacked stream weights) as the exported state
     state: dict[str, Tensor] = load_file(str(out / "model.safetensors"))
     model.load_state_dict(state, strict=True)

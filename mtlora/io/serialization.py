@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mtlora.io.atomic import write_atomic
+
 log = logging.getLogger(__name__)
 
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -168,7 +170,8 @@ restricted_pickle.load = _restricted_load
 restricted_pickle.UnpicklingError = pickle.UnpicklingError
 
 
-def _existing_file(path: str | os.PathLike) -> Path:
+def existing_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path, if it names a non-empty file; otherwise the error says which it is not."""
     p = Path(path).expanduser()
     if not p.exists():
         raise FileNotFoundError(f"checkpoint file not found: {p}")
@@ -179,7 +182,7 @@ def _existing_file(path: str | os.PathLike) -> Path:
     return p
 
 
-def _sniff(path: Path) -> str:
+def file_kind(path: Path) -> str:
     """``zip`` (torch >= 1.6), ``pickle`` (legacy torch.save), ``safetensors`` or ``unknown``."""
     with path.open("rb") as f:
         head = f.read(16)
@@ -190,6 +193,22 @@ def _sniff(path: Path) -> str:
     if head[:1] == bytes([_PICKLE_PROTO]):
         return "pickle"
     return "unknown"
+
+
+def checked_file(path: str | os.PathLike, kinds: tuple[str, ...], expected: str) -> tuple[Path, str]:
+    """The one entry check of every weight-file reader: ``(path, kind)`` for an existing file whose
+    content (not its name) is one of ``kinds`` (see :func:`file_kind`), a zip archive checked whole.
+
+    Missing, empty, truncated and foreign files fail with a :class:`CheckpointError` (or
+    ``FileNotFoundError``) naming the file and ``expected``, before anything is unpickled.
+    """
+    p = existing_file(path)
+    kind = file_kind(p)
+    if kind not in kinds:
+        raise not_a(p, expected)
+    if kind == "zip":
+        check_torch_zip(p)
+    return p, kind
 
 
 _KIND_NAMES = {
@@ -205,7 +224,7 @@ def not_a(path: Path, expected: str) -> CheckpointError:
     The content decides, not the suffix: a README, an image or an HTML error page saved as
     ``.ckpt``/``.safetensors`` is named the same way wherever it is read.
     """
-    kind = _sniff(path)
+    kind = file_kind(path)
     if kind in _KIND_NAMES:
         found = _KIND_NAMES[kind]
     else:
@@ -217,7 +236,8 @@ def not_a(path: Path, expected: str) -> CheckpointError:
     )
 
 
-def _check_zip(path: Path) -> None:
+def check_torch_zip(path: Path) -> None:
+    """Fail naming ``path`` unless it is a readable torch zip archive (not TorchScript, not truncated)."""
     try:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
@@ -260,17 +280,13 @@ def safe_torch_load(path: str | os.PathLike, *, allow_unsafe: bool = False) -> A
         UnsafeCheckpointError: the file references a global outside the allowlist (named).
         CheckpointError: the file is empty, truncated, corrupt or not a checkpoint.
     """
-    p = _existing_file(path)
-    kind = _sniff(p)  # the content decides: a torch file named .safetensors still loads as one
+    p, kind = checked_file(  # the content decides: a torch file named .safetensors still loads as one
+        path,
+        ("safetensors", "zip", "pickle"),
+        "a torch checkpoint (zip archive written by torch.save, or a legacy pickle) or a safetensors file",
+    )
     if kind == "safetensors":
         return _load_safetensors(p)
-    if kind == "unknown":
-        raise not_a(
-            p,
-            "a torch checkpoint (zip archive written by torch.save, or a legacy pickle) or a safetensors file",
-        )
-    if kind == "zip":
-        _check_zip(p)
     if allow_unsafe:
         warnings.warn(
             f"loading {p} with unrestricted pickle (allow_unsafe=True): this can execute code from the file",
@@ -283,7 +299,7 @@ def safe_torch_load(path: str | os.PathLike, *, allow_unsafe: bool = False) -> A
         try:
             extra = torch.serialization.get_unsafe_globals_in_checkpoint(str(p))
         except (RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as e:
-            raise _unreadable(p, e) from e
+            raise unreadable(p, e) from e
         if not extra:
             return _torch_load(p, weights_only=True)
         refused = sorted(g for g in extra if _resolve(*g.rsplit(".", 1)) is None)
@@ -314,15 +330,29 @@ def _torch_load(path: Path, *, weights_only: bool, pickle_module: Any = None) ->
     except UnsafeCheckpointError as e:
         raise UnsafeCheckpointError(f"{path}: {e}") from None
     except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as e:
-        raise _unreadable(path, e) from e
+        raise unreadable(path, e) from e
 
 
-def _unreadable(path: Path, error: Exception) -> CheckpointError:
+def unreadable(path: Path, error: Exception) -> CheckpointError:
     first_line = str(error).splitlines()[0] if str(error) else ""
     return CheckpointError(
         f"{path} ({path.stat().st_size} bytes) could not be read as a torch checkpoint: it is truncated or "
         f"corrupt, or not a torch checkpoint ({type(error).__name__}: {first_line})"
     )
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` through a temporary file in the same folder + fsync + rename.
+
+    Readers see either the previous file or the complete new one, also after a SIGKILL or a
+    crash of the machine; a failed write removes its temporary file (see :mod:`mtlora.io.atomic`).
+    """
+
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    write_atomic(path, save)
 
 
 def is_state_dict(obj: Any) -> bool:

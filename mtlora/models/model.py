@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -14,6 +15,27 @@ from mtlora.models.recompute import checkpoint_mode
 from mtlora.models.swin import SWIN_SIZES, SwinConfig, SwinEncoder
 from mtlora.options import check_number
 from mtlora.tasks import validate_tasks
+
+C = TypeVar("C")
+
+
+def as_config(cls: type[C], value: Any, where: str = "") -> C:
+    """A config dataclass from itself, None (the defaults) or the plain dict a checkpoint stores.
+
+    The one rule for unknown keys wherever a model is rebuilt from a dict: they fail, named, so a
+    file written by a newer version or a typo never silently builds another architecture.
+    """
+    if value is None:
+        return cls()
+    if is_dataclass(value):
+        return value
+    if isinstance(value, Mapping):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"{where}{cls.__name__}: unknown options {unknown}; known: {sorted(known)}")
+        return cls(**value)
+    raise TypeError(f"{where}{cls.__name__}: expected a dict or {cls.__name__}, got {type(value).__name__}")
 
 
 @dataclass
@@ -147,6 +169,25 @@ class MultiTaskModel(nn.Module):
     def task_channels(self) -> dict[str, int]:
         """Output channels of every task's head, in task order."""
         return {t: h.last_layer[-1].out_channels for t, h in self.decoder.heads.items()}
+
+    @classmethod
+    def from_config(
+        cls, config: Mapping[str, Any], *, load_pretrained: bool = False, where: str = ""
+    ) -> MultiTaskModel:
+        """The model :meth:`config_dict` describes (its inverse), with fresh weights.
+
+        ``load_pretrained`` is off by default: a rebuilt model usually receives its weights from
+        the file the config came with.  ``where`` (e.g. the file name) prefixes errors.
+        """
+        if "task_channels" not in config:
+            raise ValueError(f"{where}model config: no 'task_channels' (found {sorted(config)})")
+        return cls(
+            dict(config["task_channels"]),
+            as_config(EncoderConfig, config.get("encoder"), where),
+            as_config(AdapterConfig, config.get("adapter"), where),
+            as_config(DecoderConfig, config.get("decoder"), where),
+            load_pretrained=load_pretrained,
+        )
 
     def config_dict(self) -> dict:
         """Primitive description of the architecture (stored with checkpoints and exports)."""

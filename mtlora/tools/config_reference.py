@@ -114,16 +114,25 @@ def generate() -> str:
         "",
         *class_options(MultiTaskDataModule),
     ]
-    base = {n for n in inspect.signature(MultiTaskDataModule.__init__).parameters}
+    base = inspect.signature(MultiTaskDataModule.__init__).parameters
     for cls in (SyntheticDataModule, PascalContextDataModule, NYUDDataModule, ImageFolderDataModule):
-        own = tuple(n for n in inspect.signature(cls.__init__).parameters if n in base and n != "tasks")
+        # a data module re-declares only the common options whose default it changes (or fixes)
+        own = {
+            n: p for n, p in inspect.signature(cls.__init__).parameters.items() if n in base and n != "tasks"
+        }
+        changed = [f"`{n}` `{p.default!r}`" for n, p in own.items() if p.default != base[n].default]
         parts += [
             "",
             f"### `{cls.__module__}.{cls.__name__}`",
             "",
             (inspect.getdoc(cls) or "").split("\n\n")[0],
             "",
-            *class_options(cls, skip=own),
+            *(
+                [f"Defaults that differ from every data module's: {', '.join(changed)}.", ""]
+                if changed
+                else []
+            ),
+            *class_options(cls, skip=tuple(own)),
         ]
     from mtlora.training.predict_writer import PredictionPanelWriter
 

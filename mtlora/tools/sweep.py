@@ -100,7 +100,7 @@ def pretrain_standin(out: Path, overrides: Sequence[str], epochs: int) -> Path:
     extra = ["--data.init_args.tasks", "[depth, edge]", "--data.init_args.seed", "1"]
     extra += ["--trainer.max_epochs", str(epochs), "--model.delta_m_baseline", "null"]
     cli = run_cli(fit_args(run, out, overrides, None, extra))
-    from mtlora.training.checkpointing import atomic_torch_save
+    from mtlora.io.serialization import atomic_torch_save
 
     atomic_torch_save(
         {"model": cli.model.model.backbone.state_dict()}, path

@@ -33,15 +33,8 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor
 
-from mtlora.io.atomic import write_atomic
-from mtlora.io.serialization import (
-    CheckpointError,
-    _check_zip,
-    _existing_file,
-    _sniff,
-    _unreadable,
-    not_a,
-)
+from mtlora.io.config import config_differences
+from mtlora.io.serialization import CheckpointError, atomic_torch_save, checked_file, unreadable
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +43,6 @@ _ARCHITECTURE_KEYS = ("task_channels", "encoder", "adapter", "decoder")
 
 
 # ---------------------------------------------------------------------------------------------- writing
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` through a temporary file in the same folder + fsync + rename.
-
-    Readers see either the previous file or the complete new one, also after a SIGKILL or a
-    crash of the machine; a failed write removes its temporary file (see :mod:`mtlora.io.atomic`).
-    """
-
-    def save(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-
-    write_atomic(path, save)
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning CheckpointIO: atomic local writes, weights-only loading, named load errors.
 
@@ -106,18 +85,13 @@ def load_lightning_checkpoint(
     path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool = True
 ) -> dict[str, Any]:
     """Read a local Lightning checkpoint; missing, truncated, corrupt or unsafe files fail naming the file."""
-    p = _existing_file(path)
-    kind = _sniff(p)
-    if kind == "zip":
-        _check_zip(p)
-    elif kind != "pickle":
-        raise not_a(p, "a Lightning checkpoint")
+    p, _ = checked_file(path, ("zip", "pickle"), "a Lightning checkpoint")
     try:
         with p.open("rb") as f:  # a file object: torch.load would read a *.safetensors name as safetensors
             checkpoint = torch.load(f, map_location=map_location, weights_only=weights_only)
     except pickle.UnpicklingError as e:
         if not weights_only:
-            raise _unreadable(p, e) from e
+            raise unreadable(p, e) from e
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(
             f"{p} holds Python objects that weights-only loading refuses ({first}). Checkpoints written by "
@@ -125,7 +99,7 @@ def load_lightning_checkpoint(
             "you trust (unpickling can execute code)"
         ) from e
     except (RuntimeError, EOFError, ValueError, OSError) as e:
-        raise _unreadable(p, e) from e
+        raise unreadable(p, e) from e
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         keys = list(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointError(f"{p} is not a Lightning checkpoint (no 'state_dict'; found {keys})")
@@ -179,28 +153,6 @@ def restore_rng_state(state: Mapping[str, Any], rank: int = 0, world_size: int =
 
 
 # ---------------------------------------------------------------------------------------------- architecture
-def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(config, Mapping):
-        out: dict[str, Any] = {}
-        for key, value in config.items():
-            out.update(_flat(value, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): config}
-
-
-def config_differences(
-    ours: Mapping[str, Any], theirs: Mapping[str, Any], keys: tuple[str, ...], label: str = "model"
-) -> list[str]:
-    """``"adapter.shared_rank: checkpoint 4, model 8"`` for every differing (nested) option under ``keys``."""
-    a = _flat({k: ours.get(k) for k in keys})
-    b = _flat({k: theirs.get(k) for k in keys})
-    return [
-        f"{k}: checkpoint {b.get(k)!r}, {label} {a.get(k)!r}"
-        for k in sorted(set(a) | set(b))
-        if a.get(k) != b.get(k)
-    ]
-
-
 def check_checkpoint_fits(
     expected: Mapping[str, Tensor],
     checkpoint: Mapping[str, Any],

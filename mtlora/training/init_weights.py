@@ -21,8 +21,9 @@ from torch import nn
 
 from mtlora.io.adapters import OUTPUT_NEUTRAL_OPTIONS, load_adapters
 from mtlora.io.checkpoints import LoadReport, load_official_mtlora_checkpoint
+from mtlora.io.config import config_differences
 from mtlora.io.loading import Converted, apply_state_dict
-from mtlora.training.checkpointing import config_differences, load_lightning_checkpoint
+from mtlora.training.checkpointing import load_lightning_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import asdict, fields, is_dataclass
+from dataclasses import asdict
 from typing import Any, Literal
 
 import torch
@@ -19,7 +19,7 @@ from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
 from mtlora.io.checkpoints import CheckpointError
 from mtlora.losses import MultiTaskLoss
-from mtlora.models.model import DecoderConfig, EncoderConfig, MultiTaskModel, parameter_counts
+from mtlora.models.model import DecoderConfig, EncoderConfig, MultiTaskModel, as_config, parameter_counts
 from mtlora.models.plans import AdapterConfig
 from mtlora.options import check_number
 from mtlora.training.checkpointing import (
@@ -33,21 +33,6 @@ from mtlora.training.nonfinite import NonFiniteGuard, check_loaded_state, persis
 from mtlora.weighting import build_weighting
 
 log = logging.getLogger(__name__)
-
-
-def as_config(cls, value):
-    """Accept a config dataclass or the plain dict stored in a checkpoint's hyper-parameters."""
-    if value is None:
-        return cls()
-    if is_dataclass(value):
-        return value
-    if isinstance(value, dict):
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown options {unknown}; known: {sorted(known)}")
-        return cls(**value)
-    raise TypeError(f"{cls.__name__}: expected a dict or {cls.__name__}, got {type(value).__name__}")
 
 
 def warmup_cosine(

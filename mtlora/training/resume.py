@@ -31,8 +31,9 @@ from lightning.pytorch.loggers.csv_logs import CSVLogger, ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from mtlora.io.serialization import CheckpointError, _check_zip, _sniff
-from mtlora.training.checkpointing import _flat, load_lightning_checkpoint
+from mtlora.io.config import flatten_config
+from mtlora.io.serialization import CheckpointError, checked_file
+from mtlora.training.checkpointing import load_lightning_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +79,8 @@ def remove_orphaned_temp_files(folder: str | os.PathLike, older_than: float | No
 
 def _complete(path: Path) -> bool:
     try:
-        kind = _sniff(path)
-        if kind == "zip":
-            _check_zip(path)
-        return kind in ("zip", "pickle") and path.stat().st_size > 0
+        checked_file(path, ("zip", "pickle"), "a checkpoint")
+        return True
     except (CheckpointError, OSError):
         return False
 
@@ -214,7 +213,7 @@ def flat_config(config: Any) -> dict[str, Any]:
     stored in a checkpoint that stays weights-only loadable.
     """
     as_dict = config.as_dict() if hasattr(config, "as_dict") else dict(config)
-    flat = _flat(json.loads(json.dumps(as_dict, default=str)))
+    flat = flatten_config(json.loads(json.dumps(as_dict, default=str)))
     return {k: v for k, v in flat.items() if not k.startswith(_NOT_COMPARED)}
 
 
@@ -230,7 +229,7 @@ def warn_config_drift(
     ckpt: str, now: Mapping[str, Any], checkpoint: Mapping[str, Any], model_hparams: Mapping
 ) -> None:
     """Warn, listing them, about options that differ from those the checkpoint was trained with."""
-    from mtlora.training.checkpointing import config_differences
+    from mtlora.io.config import config_differences
 
     if CONFIG_KEY in checkpoint:
         changes = config_drift(now, checkpoint[CONFIG_KEY])

@@ -128,17 +128,9 @@ def read_metrics_csv(path: Path) -> list[dict[str, float]]:
 
 def _params_from_hparams(hparams: Mapping[str, Any]) -> int:
     """Rebuild the model described by ``hparams.yaml`` (random init) and count its trainable parameters."""
-    from mtlora.models.model import DecoderConfig, EncoderConfig, MultiTaskModel, parameter_counts
-    from mtlora.models.plans import AdapterConfig
-    from mtlora.training.module import as_config
+    from mtlora.models.model import MultiTaskModel, parameter_counts
 
-    model = MultiTaskModel(
-        dict(hparams["task_channels"]),
-        as_config(EncoderConfig, hparams.get("encoder")),
-        as_config(AdapterConfig, hparams.get("adapter")),
-        as_config(DecoderConfig, hparams.get("decoder")),
-        load_pretrained=False,
-    )
+    model = MultiTaskModel.from_config(hparams)
     return parameter_counts(model)["trainable"]
 
 
