@@ -11,7 +11,7 @@ import yaml
 
 from mtlora.cli import run_cli
 from mtlora.models.model import MultiTaskModel, parameter_counts
-from mtlora.models.peft import PHMLinear, PHMRules, PromptedWindowAttention
+from mtlora.models.non_lora_adapters import PHMLinear, PHMRules, PromptedWindowAttention
 from mtlora.models.plans import AdapterConfig
 from mtlora.models.swin import window_partition
 from mtlora.published import BASELINE_CONFIGS, method_label

@@ -17,7 +17,7 @@ from torch import nn
 from mtlora.models.lora import SharedMode
 from mtlora.models.methods.marker import adapter_parameter_names
 from mtlora.models.methods.registry import AdapterMethod, adapter_method_names, get_adapter_method
-from mtlora.models.peft import AdapterPosition
+from mtlora.models.non_lora_adapters import AdapterPosition
 from mtlora.models.swin import BlockKind, SwinEncoder
 
 LINEAR_TARGETS = ("qkv", "proj", "fc1", "fc2")
@@ -32,7 +32,7 @@ class AdapterConfig:
             built in: ``mtlora`` (TA-LoRA everywhere + TS-LoRA in the last block of every stage),
             ``full`` (full fine-tuning, no adapters), ``decoders`` (frozen encoder, train only the
             decoders), ``progressive`` (shared -> task groups -> tasks, see ``groups``); the
-            Table-1 baselines (one shared stream, :mod:`mtlora.models.peft`): ``bitfit`` (no
+            Table-1 baselines (one shared stream, :mod:`mtlora.models.non_lora_adapters`): ``bitfit`` (no
             adapters: biases and position-bias tables train), ``houlsby`` (bottleneck
             adapters), ``compacter`` (PHM adapters), ``vpt_shallow`` / ``vpt_deep`` (prompts).
         shared_rank: rank of the task-agnostic path, one value or one per stage.

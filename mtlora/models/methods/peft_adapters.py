@@ -1,9 +1,9 @@
-"""Houlsby adapters, Compacter and VPT (the Table-1 baselines); modules in :mod:`mtlora.models.peft`."""
+"""Houlsby adapters, Compacter and VPT (the Table-1 baselines); modules in :mod:`mtlora.models.non_lora_adapters`."""
 
 from __future__ import annotations
 
 from mtlora.models.methods.registry import AdapterMethod, TrainableSet, register_adapter_method
-from mtlora.models.peft import inject_peft
+from mtlora.models.non_lora_adapters import inject_peft
 from mtlora.models.plans import AdapterConfig, BlockPlan
 from mtlora.models.swin import SwinEncoder
 
