@@ -8,7 +8,7 @@ import torch
 
 import mtlora.data.datamodule as datamodule_module
 from mtlora.data import SyntheticDataModule
-from mtlora.data.datamodule import MultiTaskDataset
+from mtlora.data.dataset import MultiTaskDataset
 from mtlora.data.synthetic import SyntheticScenes
 from mtlora.tasks import IGNORE_INDEX
 
@@ -152,7 +152,7 @@ def test_distributed_eval_uses_unrepeated_sampler_and_rank_seeds(monkeypatch):
 
     seen = {}
     for rank in (0, 1):
-        monkeypatch.setattr(datamodule_module, "_distributed_rank_world", lambda rank=rank: (rank, 2))
+        monkeypatch.setattr(datamodule_module, "distributed_rank_world", lambda rank=rank: (rank, 2))
         dm = SyntheticDataModule(train_size=4, val_size=5, img_size=16, batch_size=2, num_workers=1)
         dm.setup("fit")
         val = dm.val_dataloader()

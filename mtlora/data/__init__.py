@@ -5,9 +5,11 @@ Every DataModule produces the batch convention of :mod:`mtlora.tasks` plus
 """
 
 from mtlora.data.check import DataCheckReport, check_data_folder, format_report
-from mtlora.data.datamodule import MultiTaskDataModule, MultiTaskDataset, collate_multitask
+from mtlora.data.datamodule import MultiTaskDataModule
+from mtlora.data.dataset import MultiTaskDataset
 from mtlora.data.image_folder import ImageFolderDataModule
 from mtlora.data.io import DataError, DataRootNotFoundError
+from mtlora.data.loaders import collate_multitask
 from mtlora.data.nyud import NYUDDataModule
 from mtlora.data.pascal_context import PascalContextDataModule
 from mtlora.data.synthetic import SyntheticDataModule

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mtlora.data.datamodule import MultiTaskDataModule, SampleFile
+from mtlora.data.datamodule import MultiTaskDataModule
+from mtlora.data.dataset import SampleFile
 from mtlora.data.io import DataError, DataRootNotFoundError
 
 __all__ = ["DataCheckReport", "FileProblem", "SplitReport", "check_data_folder", "format_report"]

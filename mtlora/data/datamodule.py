@@ -1,4 +1,4 @@
-"""Base DataModule, per-sample Dataset, collate and worker seeding shared by every data set.
+"""The DataModule base every data set builds on: splits, transforms, loaders, device augmentation.
 
 A concrete data set supplies two things: the sample ids of a split and a picklable reader
 ``read(sample_id) -> decoded sample`` (numpy arrays at the original resolution, see
@@ -15,9 +15,9 @@ Why the loaders look the way they do:
   Lightning keeps a sampler that already is a DistributedSampler.
 * Shuffling and worker seeds come from a generator seeded with ``seed`` (and the rank), so a
   data order is reproducible from the DataModule arguments alone.
-* The training loader is resumable mid-epoch: :class:`ResumableSampler` derives the order from
+* The training loader is resumable mid-epoch: :class:`~mtlora.data.loaders.ResumableSampler` derives the order from
   ``(seed, epoch)`` and gives every sample its own augmentation seed ``(seed, epoch, index)``,
-  and :class:`ResumableDataLoader` exposes ``state_dict()``/``load_state_dict()`` (epoch and
+  and :class:`~mtlora.data.loaders.ResumableDataLoader` exposes ``state_dict()``/``load_state_dict()`` (epoch and
   batches consumed), which Lightning stores in its checkpoints.  A run killed mid-epoch and
   resumed with ``--ckpt_path last`` skips exactly the consumed batches and draws the same
   augmentations, whatever ``num_workers`` is.
@@ -31,251 +31,32 @@ Why the loaders look the way they do:
 from __future__ import annotations
 
 import logging
-import random
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
 import torch
-import torch.distributed as dist
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
-from torch.utils.data._utils.collate import default_collate
+from torch.utils.data import DataLoader, Sampler
 
+from mtlora.data.dataset import MultiTaskDataset, Reader, SampleFile
 from mtlora.data.device_augment import AUGMENT_KEY, DeviceAugment, DevicePrep
 from mtlora.data.io import DataError
+from mtlora.data.loaders import (
+    ResumableDataLoader,
+    ResumableSampler,
+    collate_multitask,
+    derive_seed,
+    distributed_rank_world,
+    seed_worker,
+)
 from mtlora.data.transforms import AugmentOn, BorderLabel, EvalResolution, MultiTaskTransform
 from mtlora.tasks import TASKS, validate_tasks
 
-__all__ = [
-    "MultiTaskDataModule",
-    "MultiTaskDataset",
-    "ResumableDataLoader",
-    "ResumableSampler",
-    "SampleFile",
-    "collate_multitask",
-    "seed_worker",
-]
+__all__ = ["MultiTaskDataModule"]
 
 log = logging.getLogger(__name__)
 
-Reader = Callable[[str], dict[str, np.ndarray]]
-
 _ROLE_CODES = {"train": 0, "val": 1, "test": 2, "predict": 3}  # fixed codes: str hash() is salted per process
-
-
-@dataclass(frozen=True)
-class SampleFile:
-    """One file a sample needs, as used by :func:`mtlora.data.check.check_data_folder`.
-
-    Attributes:
-        kind: short name of the file kind ("image", "semseg", "label_map", ...).
-        candidates: possible paths, the first existing one is used (e.g. VOC12 before
-            pascal-context semseg).
-        tasks: the tasks that need this file.
-        read: decoder returning an array whose first two dims are ``H x W`` (or None when the
-            file has no size of its own, e.g. a PASCAL-Part file without objects).
-        is_image: True for the image itself (the size every label must match).
-    """
-
-    kind: str
-    candidates: tuple[Path, ...]
-    tasks: tuple[str, ...]
-    read: Callable[[Path], np.ndarray | None]
-    is_image: bool = False
-
-    @property
-    def path(self) -> Path:
-        """The first existing candidate, else the preferred (first) one."""
-        for candidate in self.candidates:
-            if candidate.exists():
-                return candidate
-        return self.candidates[0]
-
-
-class MultiTaskDataset(Dataset):
-    """Ids + reader + transform, with optional skipping of broken samples.
-
-    Args:
-        ids: sample ids of the split.
-        read: picklable callable decoding one sample id (raises :class:`DataError`).
-        transform: turns the decoded sample into tensors.
-        skip_broken: when a sample cannot be decoded, log it and return the next readable
-            sample instead of raising.  The number of skipped samples is counted across
-            DataLoader workers (shared-memory counter) and exposed as :attr:`skipped_count`.
-        name: used in log messages (e.g. "pascal-context/train").
-    """
-
-    def __init__(
-        self,
-        ids: Sequence[str],
-        read: Reader,
-        transform: MultiTaskTransform | DevicePrep,
-        skip_broken: bool = False,
-        name: str = "",
-    ) -> None:
-        if not ids:
-            raise DataError(f"{name or 'data set'}: no samples")
-        self.ids = list(ids)
-        self.read = read
-        self.transform = transform
-        self.skip_broken = skip_broken
-        self.name = name
-        self._skipped_counter = torch.zeros(1, dtype=torch.int64).share_memory_()
-        self.skipped: dict[str, str] = {}  # id -> reason, for the samples skipped in THIS process
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @property
-    def skipped_count(self) -> int:
-        """Number of broken samples skipped so far, summed over all worker processes."""
-        return int(self._skipped_counter.item())
-
-    def set_random_seed(self, seed: int) -> None:
-        """Re-seed the augmentation stream (called per worker by :func:`seed_worker`)."""
-        self.transform.set_random_seed(seed)
-
-    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
-        if isinstance(index, tuple):  # (index, augmentation seed) from ResumableSampler
-            index, sample_seed = index
-            self.transform.set_random_seed(sample_seed)
-        if not self.skip_broken:
-            return self._load(index)
-        for offset in range(len(self.ids)):
-            candidate = (index + offset) % len(self.ids)
-            sample_id = self.ids[candidate]
-            if sample_id in self.skipped:
-                continue
-            try:
-                return self._load(candidate)
-            except DataError as err:
-                self.skipped[sample_id] = str(err)
-                self._skipped_counter += 1
-                log.warning(
-                    "%s: skipping broken sample %s (%s); %d skipped so far",
-                    self.name,
-                    sample_id,
-                    err,
-                    self.skipped_count,
-                )
-        raise DataError(f"{self.name}: every sample is broken ({len(self.ids)} tried)")
-
-    def _load(self, index: int) -> dict[str, Any]:
-        sample_id = self.ids[index]
-        decoded = self.read(sample_id)
-        height, width = decoded["image"].shape[:2]
-        try:
-            sample: dict[str, Any] = self.transform(decoded)
-        # albumentations shape checks, missing keys, OpenCV size limits (e.g. warps beyond 32767 px)
-        except (ValueError, KeyError, cv2.error) as err:
-            raise DataError(f"{self.name}: sample {sample_id}: {type(err).__name__}: {err}") from err
-        sample["meta"] = {"id": sample_id, "size": (int(height), int(width))}
-        return sample
-
-
-def collate_multitask(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors with the default collate; keep ``meta`` as a dict of lists."""
-    metas = [sample.get("meta", {}) for sample in samples]
-    batch = default_collate([{k: v for k, v in sample.items() if k != "meta"} for sample in samples])
-    if metas[0]:
-        batch["meta"] = {key: [meta[key] for meta in metas] for key in metas[0]}
-    return batch
-
-
-def _derive_seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from several integers (seed, rank, worker, epoch draw)."""
-    return int(
-        np.random.SeedSequence([int(p) % (1 << 63) for p in parts]).generate_state(2, np.uint64)[0] >> 1
-    )
-
-
-def seed_worker(worker_id: int, base_seed: int = 0, rank: int = 0) -> None:
-    """DataLoader ``worker_init_fn``: distinct, reproducible streams per worker and per rank.
-
-    ``get_worker_info().seed`` is ``base + worker_id`` where ``base`` is drawn from the
-    DataLoader's generator each time an iterator starts, so streams also differ between epochs
-    (non-persistent workers) while staying reproducible from the DataModule seed.
-    """
-    # NB: no cv2.setNumThreads() here: reconfiguring OpenCV's thread pool inside a forked worker
-    # whose parent already used that pool deadlocks (seen with opencv-python 5.0).
-    info = get_worker_info()
-    torch_seed = info.seed if info is not None else worker_id
-    seed = _derive_seed(base_seed, rank, worker_id, torch_seed)
-    random.seed(seed)
-    np.random.seed(seed % (1 << 32))
-    dataset = info.dataset if info is not None else None
-    if dataset is not None and hasattr(dataset, "set_random_seed"):
-        dataset.set_random_seed(seed)
-
-
-class ResumableSampler(DistributedSampler):
-    """Training order from ``(seed, epoch)``, one shard per rank, able to start mid-epoch.
-
-    Yields ``(index, augmentation seed)``: the seed is derived from ``(seed, epoch, index)``, so a
-    sample's augmentation depends neither on which worker loads it nor on what was loaded
-    before, which is what makes skipping the consumed part of an epoch exact.  Being a
-    ``DistributedSampler``, Lightning keeps it under DDP instead of wrapping it.
-    """
-
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        self.start = 0  # samples of this rank's shard to skip, consumed by the next __iter__
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
-        start, self.start = self.start, 0
-        for index in list(super().__iter__())[start:]:
-            yield index, _derive_seed(self.seed, self.epoch, index)
-
-
-class ResumableDataLoader(DataLoader):
-    """DataLoader over a :class:`ResumableSampler` whose position Lightning checkpoints.
-
-    ``state_dict()`` is ``{"epoch", "batches"}`` (batches handed out in the current epoch);
-    after ``load_state_dict()`` the next iteration of that epoch skips those batches (in the
-    sampler, so no sample is loaded twice) while ``len()`` stays the full epoch, as Lightning's
-    loop expects.  A restored position for another epoch is ignored.  Iteration starts lazily,
-    so Lightning's ``set_epoch`` always lands before the sampler is read.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if not isinstance(self.sampler, ResumableSampler):
-            raise TypeError(
-                f"ResumableDataLoader needs a ResumableSampler, got {type(self.sampler).__name__}"
-            )
-        self._consumed = 0
-        self._resume: dict[str, int] | None = None
-
-    def __iter__(self) -> Iterator[Any]:
-        return self._epoch_batches()
-
-    def _epoch_batches(self) -> Iterator[Any]:
-        resume, self._resume = self._resume, None
-        skip = resume["batches"] if resume and resume["epoch"] == self.sampler.epoch else 0
-        if skip:
-            log.info("resuming epoch %d of the training data after %d batches", self.sampler.epoch, skip)
-        self.sampler.start = skip * self.batch_size
-        self._consumed = skip
-        for batch in super().__iter__():
-            self._consumed += 1
-            yield batch
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": int(self.sampler.epoch), "batches": int(self._consumed)}
-
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
-
-
-def _distributed_rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class MultiTaskDataModule(LightningDataModule):
@@ -523,7 +304,7 @@ class MultiTaskDataModule(LightningDataModule):
         if role not in self.datasets:
             self.setup({"train": "fit", "val": "validate"}.get(role, role))
         dataset = self.datasets[role]
-        rank, world = _distributed_rank_world()
+        rank, world = distributed_rank_world()
         batch_size = self.batch_size
         if role != "train" and self.eval_resolution == "original":
             batch_size = 1  # labels keep their own size per image: no stacking across images
@@ -538,12 +319,12 @@ class MultiTaskDataModule(LightningDataModule):
             from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
             sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
-        generator = torch.Generator().manual_seed(_derive_seed(self.seed, rank, _ROLE_CODES[role]))
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, rank, _ROLE_CODES[role]))
         if self.num_workers == 0:
-            dataset.set_random_seed(_derive_seed(self.seed, rank, _ROLE_CODES[role], 1 << 20))
+            dataset.set_random_seed(derive_seed(self.seed, rank, _ROLE_CODES[role], 1 << 20))
         loader_class = DataLoader
         if shuffle:  # training: order from (seed, epoch), resumable mid-epoch (same order on every rank)
-            shuffle_seed = _derive_seed(self.seed, _ROLE_CODES[role]) % (1 << 62)
+            shuffle_seed = derive_seed(self.seed, _ROLE_CODES[role]) % (1 << 62)
             sampler = ResumableSampler(dataset, world, rank, shuffle_seed)
             loader_class = ResumableDataLoader
         return loader_class(

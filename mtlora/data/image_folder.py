@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mtlora.data.datamodule import MultiTaskDataModule, collate_multitask
+from mtlora.data.datamodule import MultiTaskDataModule
 from mtlora.data.io import DataError, DataRootNotFoundError, read_rgb
+from mtlora.data.loaders import collate_multitask
 from mtlora.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")

@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from mtlora.data.datamodule import MultiTaskDataModule, Reader, SampleFile
+from mtlora.data.datamodule import MultiTaskDataModule
+from mtlora.data.dataset import Reader, SampleFile
 from mtlora.data.io import (
     DataError,
     DataRootNotFoundError,

@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from mtlora.data.datamodule import MultiTaskDataModule, Reader
+from mtlora.data.datamodule import MultiTaskDataModule
+from mtlora.data.dataset import Reader
 from mtlora.data.transforms import AugmentOn
 from mtlora.tasks import IGNORE_INDEX, TASKS
 
