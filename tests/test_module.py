@@ -8,7 +8,8 @@ import torch
 from lightning.pytorch import Trainer
 
 from mtlora.models.plans import AdapterConfig
-from mtlora.training.module import MultiTaskModule, warmup_cosine
+from mtlora.training.module import MultiTaskModule
+from mtlora.training.optim import warmup_cosine
 
 from conftest import PASCAL_CHANNELS, tiny_encoder
 

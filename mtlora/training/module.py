@@ -7,7 +7,6 @@ list/channels come from the DataModule (linked by the CLI).
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import asdict
 from typing import Any, Literal
@@ -15,7 +14,6 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
-from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
 from mtlora.io.checkpoints import CheckpointError
 from mtlora.losses import MultiTaskLoss
@@ -30,23 +28,10 @@ from mtlora.training.checkpointing import (
     warn_epoch_end_resume_with_max_steps,
 )
 from mtlora.training.nonfinite import NonFiniteGuard, check_loaded_state, persistent_buffers
+from mtlora.training.optim import adamw, warmup_cosine_schedule
 from mtlora.weighting import build_weighting
 
 log = logging.getLogger(__name__)
-
-
-def warmup_cosine(
-    step: int, warmup_steps: int, total_steps: int, warmup_lr: float, peak_lr: float, min_lr: float
-) -> float:
-    """Learning rate at ``step``: linear warm-up from ``warmup_lr``, then cosine to ``min_lr``.
-
-    Same shape as timm's CosineLRScheduler with ``warmup_prefix=True`` stepped per iteration,
-    which is what the official recipe uses.
-    """
-    if step < warmup_steps:
-        return warmup_lr + (peak_lr - warmup_lr) * step / max(1, warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_lr + 0.5 * (peak_lr - min_lr) * (1 + math.cos(math.pi * progress))
 
 
 class MultiTaskModule(LightningModule):
@@ -399,41 +384,23 @@ class MultiTaskModule(LightningModule):
         return self.hparams.batch_size * world * accumulate / self.hparams.lr_reference_batch
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue  # only trainable parameters reach the optimizer
-            # official set_weight_decay: no decay for 1-D params and biases; relative position
-            # bias tables (2-D) are decayed, as in the official MTLoRA code
-            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-        no_decay += [p for p in self.weighting.parameters() if p.requires_grad]  # uncertainty log-variances
         scale = self.lr_scale()
-        peak = self.hparams.lr * scale
-        # fused: one kernel per step, and it skips non-finite steps on the device (mtlora.training.nonfinite)
-        fused = all(p.device.type in _get_fused_kernels_supported_devices() for p in decay + no_decay)
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": self.hparams.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=peak,
-            betas=(0.9, 0.999),
-            eps=1e-8,
-            fused=fused or None,
-        )
+        no_decay_extra = [
+            p for p in self.weighting.parameters() if p.requires_grad
+        ]  # uncertainty log-variances
+        optimizer = adamw(self.model, self.hparams.lr * scale, self.hparams.weight_decay, no_decay_extra)
         total = int(self.trainer.estimated_stepping_batches)
         epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
         warmup = int(round(self.hparams.warmup_epochs * total / epochs))
-        warmup_lr, min_lr = self.hparams.warmup_lr * scale, self.hparams.min_lr * scale
         log.info(
             "optimizer: AdamW peak lr %.3g (base %.3g x %.4g), %d warm-up of %d steps",
-            peak,
+            self.hparams.lr * scale,
             self.hparams.lr,
             scale,
             warmup,
             total,
         )
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, warmup, total, warmup_lr, peak, min_lr) / peak
+        schedule = warmup_cosine_schedule(
+            optimizer, warmup, total, self.hparams.warmup_lr * scale, self.hparams.min_lr * scale
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
