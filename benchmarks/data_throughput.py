@@ -26,6 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the fake-folder writer lives with the test fixtures
 
+from mtlora.bench.host import cpu_model  # noqa: E402
 from mtlora.data import PascalContextDataModule  # noqa: E402
 from mtlora.data.prepared import prepare_dataset  # noqa: E402
 
@@ -156,17 +157,6 @@ def pipeline_costs(
         for fmt, path in prepared.items()
     }
     return best
-
-
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (Linux), else the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown model"
 
 
 def update_results(path: Path, section: str) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +16,32 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 torch.set_num_threads(1)
 
 PASCAL_CHANNELS = {"semseg": 21, "human_parts": 7, "sal": 1, "normals": 3}
+TESTS = Path(__file__).parent
+
+
+def cli_subprocess(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    """``mtlora <args>`` in a fresh process (DDP launches its ranks from it), asserted to succeed.
+
+    One thread, unbuffered output, W&B off; ``tests/`` is on the path so callbacks defined there
+    (e.g. ``kill_at_step.KillAtStep``) resolve by class path.
+    """
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+        "WANDB_MODE": "disabled",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "mtlora.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
 
 
 def tiny_encoder(**overrides):

@@ -1,30 +1,15 @@
 """`mtlora validate/test` under 2-process DDP (gloo, CPU) reports the same metrics and losses as 1 process."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from mtlora.cli import run_cli
 
+from conftest import cli_subprocess
+
 CONFIG = Path(__file__).parent / "configs" / "tiny_synthetic.yaml"
-
-
-def cli_subprocess(args, cwd):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "mtlora.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
 
 
 def test_ddp_metrics_equal_single_process(tmp_path):

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,32 +13,11 @@ from mtlora.cli import run_cli
 from mtlora.data import PascalContextDataModule
 from mtlora.data.prepared import prepare_dataset
 
-try:
-    from fixtures_data import write_fake_pascal
-except ImportError:  # tests/ imported as a package
-    from tests.fixtures_data import write_fake_pascal
+from conftest import cli_subprocess
+from fixtures_data import write_fake_pascal
 
 TESTS = Path(__file__).parent
 TASKS = ["semseg", "human_parts", "sal", "normals"]
-
-
-def run_subprocess(args: list[str], cwd: Path) -> None:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-        "PYTHONUNBUFFERED": "1",
-        "OMP_NUM_THREADS": "1",
-        "WANDB_MODE": "disabled",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "mtlora.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 def test_ddp_over_prepared_data_reads_each_sample_once_and_matches_one_process(tmp_path):
@@ -67,7 +43,7 @@ def test_ddp_over_prepared_data_reads_each_sample_once_and_matches_one_process(t
     common = ["--config", str(tmp_path / "prepared.yaml"), "--trainer.accelerator", "cpu"]
 
     fit_dir = tmp_path / "fit"
-    run_subprocess(
+    cli_subprocess(
         [
             "fit",
             *common,
@@ -111,7 +87,7 @@ def test_ddp_over_prepared_data_reads_each_sample_once_and_matches_one_process(t
         if devices == 1:
             run_cli(["validate", *common, *extra])
         else:
-            run_subprocess(["validate", *common, *extra, "--trainer.strategy", "ddp"], cwd=tmp_path)
+            cli_subprocess(["validate", *common, *extra, "--trainer.strategy", "ddp"], cwd=tmp_path)
         # a checkpoint of a run is evaluated inside that run
         evaluated = ckpt.parent.parent / f"validate-{ckpt.stem}" / "val_results.json"
         results[devices] = json.loads(evaluated.read_text())["metrics"]

@@ -39,6 +39,11 @@ def device_name(device: torch.device) -> str:
     """GPU name, or the CPU model from ``/proc/cpuinfo`` (``platform.processor()`` is often empty)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    return cpu_model()
+
+
+def cpu_model() -> str:
+    """CPU model name from ``/proc/cpuinfo`` (Linux), else the platform's processor string."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
