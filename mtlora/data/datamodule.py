@@ -149,6 +149,13 @@ class MultiTaskDataModule(LightningDataModule):
         self.build_transform(train=True)  # fail on bad augmentation options now, not in a worker
 
     # --- what subclasses provide ----------------------------------------------------------------
+    def check_root(self) -> None:
+        """Fail with where the data is expected, if the data folder is missing (data sets on disk)."""
+
+    def prepare_data(self) -> None:
+        # runs once per node before setup: a missing folder fails here, naming where data goes
+        self.check_root()
+
     @property
     def semseg_classes(self) -> int:
         """Number of semantic classes of this data set."""

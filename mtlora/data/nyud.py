@@ -224,9 +224,6 @@ class NYUDDataModule(MultiTaskDataModule):
             log.info("NYUD root %s: %s layout", self.root, self._layout)
         return self._layout
 
-    def prepare_data(self) -> None:
-        self.check_root()
-
     @property
     def semseg_classes(self) -> int:
         return NUM_SEMSEG_CLASSES

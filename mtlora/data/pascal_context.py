@@ -288,9 +288,6 @@ class PascalContextDataModule(MultiTaskDataModule):
         if self.prepared is None:
             _check_root(self.root)
 
-    def prepare_data(self) -> None:
-        self.check_root()
-
     @property
     def semseg_classes(self) -> int:
         return NUM_SEMSEG_CLASSES
