@@ -35,8 +35,8 @@ test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check mtlora tests benchmarks scripts
-	$(VENV)/bin/ruff format --check mtlora tests benchmarks scripts
+	$(VENV)/bin/ruff check mtlora tests benchmarks
+	$(VENV)/bin/ruff format --check mtlora tests benchmarks
 
 format: install
 	$(VENV)/bin/ruff format mtlora tests benchmarks
