@@ -108,13 +108,15 @@ def test_not_a_checkpoint(tmp_path, suffix):
 
     garbage = tmp_path / f"random{suffix}"
     garbage.write_bytes(b"GARBAGE!" + os.urandom(256))
+    brace = tmp_path / f"brace{suffix}"  # a "{" where a safetensors header starts, by chance
+    brace.write_bytes(b"GARBAGE!{" + os.urandom(255))
     text = tmp_path / f"notes{suffix}"
     text.write_text("model weights go here\n")
     page = tmp_path / f"download{suffix}"  # what a proxy or an expired link returns instead of the file
     page.write_text("<!DOCTYPE html><html><body>403 Forbidden</body></html>")
     loaders = [safe_torch_load, load_lightning_checkpoint, read_adapters]
     loaders.append(lambda p: MultiTaskModule.load_from_checkpoint(p, weights_only=True))
-    for path in (garbage, text, page):
+    for path in (garbage, brace, text, page):
         head = re.escape(repr(path.read_bytes()[:8]))
         for load in loaders:
             with pytest.raises(

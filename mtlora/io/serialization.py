@@ -188,7 +188,10 @@ def file_kind(path: Path) -> str:
         head = f.read(16)
     if head.startswith(_ZIP_MAGIC):
         return "zip"
-    if len(head) >= 9 and head[8:9] == b"{":  # 8-byte little-endian header size, then JSON
+    # 8-byte little-endian header size, then the JSON header; the size is bounded as safetensors
+    # bounds it (100 MB), so foreign bytes followed by a "{" by chance are not taken for one (a
+    # truncated file still is, and gets the "truncated or corrupt" error)
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= 100_000_000:
         return "safetensors"
     if head[:1] == bytes([_PICKLE_PROTO]):
         return "pickle"
