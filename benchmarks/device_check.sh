@@ -4,6 +4,8 @@
 #   bash benchmarks/device_check.sh eager      # CUDA checks (tests/test_cuda.py), then every variant
 #                                              # eager at 448x448, batch 32, bf16 (counted too)
 #   bash benchmarks/device_check.sh compiled   # config and full fine-tuning under torch.compile
+#   bash benchmarks/device_check.sh data       # loader CPU cost per sample (raw / prepared / device
+#                                              # augmentation) and DeviceAugment timed on the GPU
 #
 # Results land in $OUT (the device tool brings them back): JSON reports, logs, and the markdown
 # sections; put them into benchmarks/RESULTS.md with
@@ -22,7 +24,9 @@ cd "$(dirname "$0")/.."
 # the versions this project's CI installs (pip show in .venv); pydantic pins pydantic-core exactly
 WHEELS=(jsonargparse==4.53.0 docstring-parser==0.18.0 typeshed-client==2.15.0 albumentations==2.0.8
   albucore==0.0.24 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
-  typing-extensions==4.16.0 simsimd==6.5.16 stringzilla==5.3.2)
+  typing-extensions==4.16.0 simsimd==6.5.16 stringzilla==5.3.2
+  litdata==0.2.76 obstore==0.12.1 boto3==1.44.8 botocore==1.44.8 jmespath==1.1.0 s3transfer==0.19.3
+  tifffile==2026.3.3)
 PART="${1:-eager}"
 
 if [[ "$PART" == "--fetch-wheels" ]]; then
@@ -62,8 +66,13 @@ case "$PART" in
       tee "$OUT/bench_cuda_compiled.log"
     python3 benchmarks/run_bench.py --from-json "$OUT/cuda_compiled.json" >"$OUT/section_cuda_compiled.md"
     ;;
+  data)
+    # the section it prints goes into benchmarks/RESULTS.md by hand (the device's copy is not kept)
+    timeout 560 python3 benchmarks/data_throughput.py --augment-device cuda --workers 0 4 8 2>&1 |
+      tee "$OUT/data_throughput.log"
+    ;;
   *)
-    echo "usage: $0 [eager|compiled|--fetch-wheels]" >&2
+    echo "usage: $0 [eager|compiled|data|--fetch-wheels]" >&2
     exit 2
     ;;
 esac
