@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,18 @@ torch.set_num_threads(1)
 
 PASCAL_CHANNELS = {"semseg": 21, "human_parts": 7, "sal": 1, "normals": 3}
 TESTS = Path(__file__).parent
+
+
+def summary_json(config: Path, tmp_path: Path, *extra: str) -> dict:
+    """``mtlora summary --macs false`` of ``config``, read back from its ``--json_out`` file.
+
+    ``summary`` reads no data and downloads nothing, so a paper config needs no data folder.
+    """
+    from mtlora.cli import run_cli
+
+    out = tmp_path / "summary.json"
+    run_cli(["summary", "--config", str(config), "--macs", "false", "--json_out", str(out), *extra])
+    return json.loads(out.read_text())
 
 
 def cli_subprocess(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -16,7 +16,7 @@ from mtlora.models.plans import AdapterConfig
 from mtlora.models.swin import window_partition
 from mtlora.published import BASELINE_CONFIGS, method_label
 
-from conftest import PASCAL_CHANNELS, tiny_encoder
+from conftest import PASCAL_CHANNELS, summary_json, tiny_encoder
 
 REPO = Path(__file__).parents[1]
 TASKS = list(PASCAL_CHANNELS)
@@ -239,24 +239,7 @@ SWIN_T_COUNTS = {
 
 @pytest.mark.parametrize("label", list(SWIN_T_COUNTS))
 def test_swin_t_counts_of_baseline_configs(label, tmp_path):
-    root = tmp_path / "PASCAL_MT"  # the PASCAL data module only checks that the folder layout exists
-    (root / "JPEGImages").mkdir(parents=True)
-    (root / "ImageSets" / "Context").mkdir(parents=True)
-    out = tmp_path / "summary.json"
-    run_cli(
-        [
-            "summary",
-            "--config",
-            str(REPO / BASELINE_CONFIGS[label]),
-            "--macs",
-            "false",
-            "--json_out",
-            str(out),
-            "--data.init_args.root",
-            str(root),
-        ]
-    )
-    result = json.loads(out.read_text())
+    result = summary_json(REPO / BASELINE_CONFIGS[label], tmp_path)
     trainable, paper = SWIN_T_COUNTS[label]
     assert result["parameters"]["trainable"] == trainable
     assert result["paper"]["label"] == label and result["paper"]["paper_m"] == paper

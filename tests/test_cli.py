@@ -8,6 +8,8 @@ import torch
 
 from mtlora.cli import run_cli
 
+from conftest import summary_json
+
 CONFIGS = Path(__file__).parent / "configs"
 REPO_CONFIGS = Path(__file__).parents[1] / "configs"
 
@@ -139,11 +141,7 @@ def test_summary_gmacs_on_fake_tensors_equal_a_real_forward():
     ],
 )
 def test_shipped_configs_counts(name, trainable, tmp_path):
-    out = tmp_path / "s.json"
-    run_cli(
-        ["summary", "--config", str(REPO_CONFIGS / f"{name}.yaml"), "--macs", "false", "--json_out", str(out)]
-    )
-    assert json.loads(out.read_text())["parameters"]["trainable"] == trainable
+    assert summary_json(REPO_CONFIGS / f"{name}.yaml", tmp_path)["parameters"]["trainable"] == trainable
 
 
 def test_paper_config_without_data_stops_with_clear_message(tmp_path, monkeypatch):

@@ -9,18 +9,16 @@ counts below are derived from the Swin-T shapes, not copied from a run.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from mtlora.cli import run_cli
 from mtlora.experiments import PUBLISHED_TABLE2, PUBLISHED_TABLE3, experiment
 from mtlora.models.model import EncoderConfig, MultiTaskModel, parameter_counts
 from mtlora.models.plans import AdapterConfig
 
-from conftest import PASCAL_CHANNELS
+from conftest import PASCAL_CHANNELS, summary_json
 
 REPO = Path(__file__).parents[1]
 
@@ -63,25 +61,7 @@ def test_expected_counts_are_the_papers_to_two_decimals():
 
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_summary_prints_the_official_count_of_each_ablation(name, tmp_path):
-    root = tmp_path / "PASCAL_MT"  # the PASCAL data module only checks that the folder layout exists
-    (root / "JPEGImages").mkdir(parents=True)
-    (root / "ImageSets" / "Context").mkdir(parents=True)
-    out = tmp_path / "summary.json"
-    config = REPO / "configs" / "ablations" / f"{name}.yaml"
-    run_cli(
-        [
-            "summary",
-            "-c",
-            str(config),
-            "--macs",
-            "false",
-            "--json_out",
-            str(out),
-            "--data.init_args.root",
-            str(root),
-        ]
-    )
-    result = json.loads(out.read_text())
+    result = summary_json(REPO / "configs" / "ablations" / f"{name}.yaml", tmp_path)
     assert result["parameters"]["trainable"] == EXPECTED[name]
     paper = result["paper"]
     assert paper["table"] == ("Table 2" if name.startswith("table2") else "Table 3")
