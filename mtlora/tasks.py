@@ -105,9 +105,6 @@ class TaskSpec:
         return self.headline if self.headline is not None else KIND_HEADLINES[self.kind]
 
 
-TaskInfo = TaskSpec
-"""Former name of :class:`TaskSpec`."""
-
 KIND_HEADLINES: dict[str, str] = {
     "segmentation": "mIoU",
     "binary": "mIoU",

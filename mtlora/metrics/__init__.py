@@ -6,7 +6,6 @@ the official MTLoRA evaluators (normals "rmse" naming, saliency maxF, edge odsF)
 """
 
 from mtlora.metrics.collection import (
-    HEADLINE_METRICS,
     METRIC_DIRECTIONS,
     MultiTaskEvaluator,
     build_task_metrics,
@@ -29,7 +28,6 @@ from mtlora.metrics.saliency import SaliencyMetric
 from mtlora.metrics.segmentation import SegmentationMetric
 
 __all__ = [
-    "HEADLINE_METRICS",
     "METRIC_DIRECTIONS",
     "PUBLISHED_PASCAL_ROWS",
     "SINGLE_TASK_BASELINES",

@@ -25,13 +25,7 @@ from mtlora.metrics.depth import DepthMetric
 from mtlora.metrics.normals import NormalsMetric
 from mtlora.metrics.saliency import SaliencyMetric
 from mtlora.metrics.segmentation import SegmentationMetric
-from mtlora.tasks import TASKS, task_info, validate_tasks
-
-HEADLINE_METRICS: dict[str, tuple[str, bool]] = {
-    name: (spec.headline_metric, spec.higher_is_better) for name, spec in TASKS.items()
-}
-"""Built-in task → (metric used by Δm, higher is better); :func:`headline_metric` also knows
-tasks registered later."""
+from mtlora.tasks import task_info, validate_tasks
 
 METRIC_DIRECTIONS: dict[str, bool] = {
     "mIoU": True,
